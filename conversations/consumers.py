@@ -1,0 +1,275 @@
+"""The customer widget's socket, `/ws/chat/SLUG/` (SPEC §4, §9): it only moves messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import urlsplit
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.cache import cache
+
+from conversations import geo, protocol, selectors, services
+from conversations.models import Conversation, Service, Status, Visitor
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNKNOWN_SERVICE = 4404
+SOCKET_COUNT_TTL = 6 * 3600
+CLIENT_TYPES = {"hello", "message", "feedback", "request_human", "typing", "end"}
+
+
+def _header(scope: dict, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def origin_allowed(scope: dict, service: Service) -> bool:
+    """Browsers always send Origin; it must be listed, or be this host when none are."""
+    origin = _header(scope, b"origin").strip().rstrip("/").lower()
+    if not origin:
+        return True  # not a browser: no page of another site is driving this socket
+    allowed = service.origin_list
+    if allowed:
+        return origin in allowed or "*" in allowed
+    return urlsplit(origin).netloc == _header(scope, b"host").lower()
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """One customer's widget: hello, then messages, feedback and requests for a human."""
+
+    service: Service | None = None
+    visitor: Visitor | None = None
+    conversation_id = None
+    last_seq_sent = 0
+    ip_key: str | None = None
+
+    # --- Connection ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        self.service = await database_sync_to_async(Service.objects.filter(slug=slug).first)()
+        if self.service is None:
+            await self.accept()
+            await self.close(code=CLOSE_UNKNOWN_SERVICE)
+            return
+        if not origin_allowed(self.scope, self.service):
+            logger.info("widget socket refused: origin not allowed for %s", slug)
+            await self.close()
+            return
+        self.ip = geo.client_ip(self.scope, trusted_proxy_count=settings.TRUSTED_PROXY_COUNT)
+        if not await database_sync_to_async(self._take_socket_slot)():
+            logger.warning("widget socket refused: too many sockets from one address")
+            await self.close()
+            return
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if self.ip_key:
+            await database_sync_to_async(self._release_socket_slot)()
+        if self.service is not None:
+            await self.channel_layer.group_discard(
+                protocol.service_group(self.service.pk), self.channel_name
+            )
+        if self.conversation_id:
+            await self.channel_layer.group_discard(
+                protocol.conversation_group(self.conversation_id), self.channel_name
+            )
+
+    def _take_socket_slot(self) -> bool:
+        key = f"widget-sockets:{self.ip or 'unknown'}"
+        cache.add(key, 0, SOCKET_COUNT_TTL)
+        if cache.incr(key) > settings.WIDGET_MAX_SOCKETS_PER_IP:
+            cache.decr(key)
+            return False
+        self.ip_key = key
+        return True
+
+    def _release_socket_slot(self) -> None:
+        try:
+            cache.decr(self.ip_key)
+        except ValueError:
+            pass  # the counter expired meanwhile
+        self.ip_key = None
+
+    # --- Frames in ----------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            content = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            content = None
+        if not isinstance(content, dict):
+            await self.send_error("bad_json", "Frames must be JSON objects.")
+            return
+        kind = content.get("type")
+        if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+            await self.send_error("unknown_type", "Unknown frame type.")
+            return
+        if kind == "hello":
+            if self.visitor is not None:
+                await self.send_error("already_started", "This socket already said hello.")
+                return
+        elif self.visitor is None:
+            await self.send_error("hello_required", "Send a hello frame first.")
+            return
+        try:
+            await getattr(self, f"on_{kind}")(content)
+        except services.HandoffError as error:
+            await self.send_error(error.code, error.detail)
+        except Exception:
+            # A bad frame must never take the socket down with a 1011.
+            logger.exception("widget frame %s failed", kind)
+            await self.send_error("internal", "Something went wrong; please try again.")
+
+    async def on_hello(self, content: dict) -> None:
+        last_seq = content.get("last_seq", 0)
+        if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
+            last_seq = 0
+        timezone_name = content.get("timezone")
+        if not isinstance(timezone_name, str):
+            timezone_name = ""
+        visitor, token, conversation = await database_sync_to_async(self._hello)(
+            content.get("visitor_token"), timezone_name, content.get("profile")
+        )
+        self.visitor = visitor
+        await self.channel_layer.group_add(
+            protocol.service_group(self.service.pk), self.channel_name
+        )
+        await self.send_json(
+            protocol.ready_frame(service=self.service, visitor_token=token, conversation=conversation)
+        )
+        if conversation is not None:
+            self.last_seq_sent = last_seq
+            await self._follow(conversation.id)
+
+    def _hello(self, token, timezone_name: str, profile) -> tuple:
+        location = geo.locate(self.ip, timezone_name or None).as_dict()
+        visitor, token = services.visitor_identify(
+            service=self.service,
+            token=token,
+            location=location,
+            timezone_name=timezone_name,
+            profile=profile,
+        )
+        self.service.refresh_from_db(fields=["mode", "greeting", "allowed_origins"])
+        return visitor, token, services.open_conversation_for(visitor=visitor)
+
+    async def on_message(self, content: dict) -> None:
+        if not await database_sync_to_async(self._within_rate_limit)():
+            await self.send_error(
+                "rate_limited", "You're sending messages too quickly. Please wait a moment."
+            )
+            return
+        posted = await database_sync_to_async(services.conversation_post_customer_message)(
+            visitor=self.visitor, text=content.get("text"), client_id=content.get("client_id")
+        )
+        message = posted.message
+        if message.conversation_id != self.conversation_id:
+            await self._follow(message.conversation_id)
+        elif not posted.created:
+            await self.send_json(protocol.message_frame(message))
+
+    def _within_rate_limit(self) -> bool:
+        key = f"widget-rate:{self.visitor.pk}"
+        cache.add(key, 0, 60)
+        return cache.incr(key) <= settings.WIDGET_RATE_LIMIT
+
+    async def on_feedback(self, content: dict) -> None:
+        message = await database_sync_to_async(services.message_give_feedback)(
+            visitor=self.visitor, seq=content.get("seq"), value=content.get("value")
+        )
+        await self.send_json(protocol.feedback_ok_frame(message))
+
+    async def on_request_human(self, content: dict) -> None:
+        conversation = await database_sync_to_async(services.conversation_request_human)(
+            visitor=self.visitor, source="button"
+        )
+        if conversation.id != self.conversation_id:
+            await self._follow(conversation.id)
+
+    async def on_typing(self, content: dict) -> None:
+        if not isinstance(content.get("on"), bool):
+            await self.send_error("bad_typing", "typing.on must be true or false.")
+
+    async def on_end(self, content: dict) -> None:
+        conversation = await database_sync_to_async(services.conversation_end_by_customer)(
+            visitor=self.visitor
+        )
+        if conversation is None:
+            await self.send_error("no_conversation", "There is no open conversation to end.")
+
+    # --- Frames out ---------------------------------------------------------------------
+
+    async def _follow(self, conversation_id) -> None:
+        """Join the conversation's group, then send what was stored since `last_seq_sent`.
+
+        Joining first and reading second leaves no gap: anything committed later arrives
+        through the group, and `last_seq_sent` drops what the read already delivered.
+        """
+        if self.conversation_id and self.conversation_id != conversation_id:
+            await self.channel_layer.group_discard(
+                protocol.conversation_group(self.conversation_id), self.channel_name
+            )
+            self.last_seq_sent = 0
+        self.conversation_id = conversation_id
+        await self.channel_layer.group_add(
+            protocol.conversation_group(conversation_id), self.channel_name
+        )
+        conversation = await self._catch_up()
+        if conversation is not None:
+            await self.send_json(protocol.status_frame(self.service, conversation))
+
+    async def _catch_up(self) -> Conversation | None:
+        frames, conversation = await database_sync_to_async(self._frames_since)(
+            self.last_seq_sent
+        )
+        for frame in frames:
+            if frame["seq"] > self.last_seq_sent:
+                self.last_seq_sent = frame["seq"]
+                await self.send_json(frame)
+        return conversation
+
+    def _frames_since(self, after_seq: int) -> tuple[list[dict], Conversation | None]:
+        conversation = (
+            Conversation.objects.select_related("service", "claimed_by")
+            .filter(pk=self.conversation_id)
+            .first()
+        )
+        if conversation is None:
+            return [], None
+        self.service = conversation.service
+        messages = selectors.messages_after(conversation=conversation, after_seq=after_seq)
+        return [protocol.message_frame(m) for m in messages], conversation
+
+    async def _send_message_frame(self, frame: dict) -> None:
+        if frame["seq"] <= self.last_seq_sent:
+            return
+        if frame["seq"] > self.last_seq_sent + 1:
+            # A frame overtook one still in flight: read the gap from the database.
+            await self._catch_up()
+            return
+        self.last_seq_sent = frame["seq"]
+        await self.send_json(frame)
+
+    async def widget_frame(self, event: dict) -> None:
+        frame = event["frame"]
+        if frame.get("type") == "message":
+            await self._send_message_frame(frame)
+        else:
+            await self.send_json(frame)
+
+    async def widget_service(self, event: dict) -> None:
+        self.service.mode = event["frame"]["mode"]
+        if self.conversation_id is None:
+            await self.send_json(event["frame"])
+
+    async def send_json(self, content: dict) -> None:
+        await self.send(text_data=json.dumps(content))
+
+    async def send_error(self, code: str, detail: str) -> None:
+        await self.send_json(protocol.error_frame(code, detail))

@@ -1,0 +1,97 @@
+"""Domain events: the one seam between the conversation engine and the apps that react to it.
+
+The state machine publishes these after its transaction commits; `escalation` and
+`dashboard` subscribe in their `AppConfig.ready`. Nothing here knows who listens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+from uuid import UUID
+
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+ChangeKind = Literal[
+    "started",
+    "claimed",
+    "resumed",
+    "released",
+    "closed",
+    "handed_off",
+    "wait_expired",
+    "specialist_changed",
+    "mode_applied",
+]
+
+
+@dataclass(frozen=True)
+class MessagePosted:
+    conversation_id: UUID
+    message_id: int
+    seq: int
+    role: str
+
+
+@dataclass(frozen=True)
+class ConversationChanged:
+    conversation_id: UUID
+    change: ChangeKind
+
+
+@dataclass(frozen=True)
+class FeedbackGiven:
+    conversation_id: UUID
+    message_id: int
+    value: str
+
+
+@dataclass(frozen=True)
+class HumanRequested:
+    conversation_id: UUID
+    message_id: int | None
+    source: Literal["button", "words"]
+
+
+@dataclass(frozen=True)
+class ServiceModeChanged:
+    service_id: int
+    mode: str
+    previous: str
+
+
+DomainEvent = MessagePosted | ConversationChanged | FeedbackGiven | HumanRequested | ServiceModeChanged
+E = TypeVar("E", bound=DomainEvent)
+
+_subscribers: dict[type, list[Callable]] = defaultdict(list)
+
+
+def subscribe(event_type: type[E], handler: Callable[[E], None]) -> None:
+    """Call `handler(event)` after commit for every published event of `event_type`."""
+    if handler not in _subscribers[event_type]:
+        _subscribers[event_type].append(handler)
+
+
+def unsubscribe(event_type: type[E], handler: Callable[[E], None]) -> None:
+    if handler in _subscribers[event_type]:
+        _subscribers[event_type].remove(handler)
+
+
+def publish(event: DomainEvent) -> None:
+    """Deliver `event` to its subscribers once the current transaction commits."""
+    transaction.on_commit(lambda: _deliver(event))
+
+
+def _deliver(event: DomainEvent) -> None:
+    for handler in list(_subscribers[type(event)]):
+        # One failing subscriber must not cost the others their event, nor the customer
+        # the message that was already stored.
+        try:
+            handler(event)
+        except Exception:
+            logger.exception("subscriber %s failed on %r", handler, event)

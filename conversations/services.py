@@ -1,0 +1,860 @@
+"""The conversation state machine: the only code that changes a conversation (SPEC §3).
+
+Every function here checks the current state, raises a domain error the API and consumers
+turn into the contract's codes, writes an audit event, and leaves its side effects
+(broadcasts, tasks, domain events) to run after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from conversations import events, protocol
+from conversations.models import (
+    MAX_MESSAGE_LENGTH,
+    AuditAction,
+    AuditEvent,
+    Conversation,
+    Feedback,
+    Message,
+    Mode,
+    Role,
+    Service,
+    Specialist,
+    Status,
+    Visitor,
+)
+
+logger = logging.getLogger(__name__)
+
+VISITOR_TOKEN_SALT = "handoff.visitor"
+MAX_PROFILE_BYTES = 4096
+
+TEXT_JOINED = "{name} has joined the conversation."
+TEXT_HANDOFF = "I'm connecting you with a member of our team."
+TEXT_HUMAN_ONLY = "A member of our team will reply here shortly."
+TEXT_NO_HUMANS = (
+    "I'm sorry, there are no members of our team available in this chat. "
+    "I'll keep helping you here as best I can."
+)
+TEXT_AI_BACK = "You're chatting with our virtual assistant again."
+TEXT_RELEASED = "{name} has left the conversation. Another member of our team will be with you shortly."
+TEXT_WAIT_EXPIRED = (
+    "I'm sorry, nobody from our team is available right now. "
+    "Our virtual assistant will keep helping you in the meantime."
+)
+TEXT_CLOSED = "This conversation has been closed."
+
+
+# --- Domain errors -------------------------------------------------------------------------
+
+
+class HandoffError(Exception):
+    """A request the state machine refuses; `code` is the contract's error code."""
+
+    code = "invalid"
+    status = 400
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.default_detail())
+        self.detail = detail or self.default_detail()
+
+    def default_detail(self) -> str:
+        return self.code.replace("_", " ").capitalize() + "."
+
+
+class EmptyText(HandoffError):
+    code = "empty"
+
+    def default_detail(self) -> str:
+        return "The message is empty."
+
+
+class TextTooLong(HandoffError):
+    code = "too_long"
+    status = 413
+
+    def default_detail(self) -> str:
+        return f"Messages are limited to {MAX_MESSAGE_LENGTH} characters."
+
+
+class ConversationClosed(HandoffError):
+    code = "closed"
+    status = 409
+
+    def default_detail(self) -> str:
+        return "This conversation is closed."
+
+
+class ModeDisallows(HandoffError):
+    code = "mode_disallows"
+    status = 409
+
+    def default_detail(self) -> str:
+        return "The service's mode does not allow this."
+
+
+class AlreadyClaimed(HandoffError):
+    code = "already_claimed"
+    status = 409
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(f"{holder} is already handling this conversation.")
+
+
+class NotClaimer(HandoffError):
+    code = "not_claimer"
+    status = 403
+
+    def default_detail(self) -> str:
+        return "Only the agent handling this conversation can do that."
+
+
+class BadSeq(HandoffError):
+    code = "bad_seq"
+
+    def default_detail(self) -> str:
+        return "There is no AI message with that seq in this conversation."
+
+
+class BadClientId(HandoffError):
+    code = "bad_client_id"
+
+    def default_detail(self) -> str:
+        return "client_id must be a string of 1 to 64 characters."
+
+
+# --- Helpers ---------------------------------------------------------------------------------
+
+
+def is_admin(user: AbstractBaseUser | None) -> bool:
+    """Admins change modes and may resume, release or close any conversation."""
+    return bool(
+        user
+        and user.is_active
+        and (user.is_superuser or user.has_perm("conversations.change_service"))
+    )
+
+
+def is_agent(user: AbstractBaseUser | None) -> bool:
+    """Agents are staff or members of the `Agents` group."""
+    if not (user and user.is_authenticated and user.is_active):
+        return False
+    return user.is_staff or user.groups.filter(name="Agents").exists()
+
+
+def clean_text(text: object) -> str:
+    """Return the message text, or raise `EmptyText` / `TextTooLong`."""
+    if not isinstance(text, str) or not text.strip():
+        raise EmptyText()
+    # NUL cannot be stored in PostgreSQL text and means nothing in a chat; a lone UTF-16
+    # surrogate cannot be encoded at all, so it becomes U+FFFD (pairs are rejoined).
+    text = _scrub(text)
+    if not text.strip():
+        raise EmptyText()
+    if len(text) > MAX_MESSAGE_LENGTH:
+        raise TextTooLong()
+    return text
+
+
+def _audit(
+    action: str,
+    *,
+    conversation: Conversation | None = None,
+    service: Service | None = None,
+    actor: AbstractBaseUser | None = None,
+    actor_kind: str = "system",
+    **detail,
+) -> None:
+    AuditEvent.objects.create(
+        action=action,
+        actor=actor,
+        actor_kind=actor_kind if actor is None else ("admin" if is_admin(actor) else "agent"),
+        service=service or (conversation.service if conversation else None),
+        conversation=conversation,
+        detail=detail,
+    )
+
+
+def _locked(conversation_id) -> Conversation:
+    """Lock the conversation row for the rest of the transaction (seq and claim read-then-write)."""
+    return (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("service", "claimed_by")
+        .get(pk=conversation_id)
+    )
+
+
+def _append(
+    conversation: Conversation,
+    *,
+    role: str,
+    text: str,
+    author: AbstractBaseUser | None = None,
+    specialist: Specialist | None = None,
+    client_id: str | None = None,
+    confidence: float | None = None,
+    evidence: dict | None = None,
+    actor_kind: str = "system",
+) -> Message:
+    """Store the next message of a locked conversation; seq is gapless in commit order."""
+    now = timezone.now()
+    conversation.message_count += 1
+    conversation.last_activity_at = now
+    conversation.version += 1
+    message = Message.objects.create(
+        conversation=conversation,
+        seq=conversation.message_count,
+        role=role,
+        text=text,
+        author=author,
+        specialist=specialist,
+        client_id=client_id,
+        confidence=confidence,
+        evidence=evidence or {},
+    )
+    conversation.save(update_fields=["message_count", "last_activity_at", "version"])
+    _audit(
+        AuditAction.MESSAGE_POSTED,
+        conversation=conversation,
+        actor=author,
+        actor_kind=actor_kind,
+        seq=message.seq,
+        role=role,
+    )
+    events.publish(
+        events.MessagePosted(
+            conversation_id=conversation.id, message_id=message.pk, seq=message.seq, role=role
+        )
+    )
+    transaction.on_commit(lambda: protocol.send_message(message))
+    return message
+
+
+def _changed(conversation: Conversation, change: events.ChangeKind) -> None:
+    events.publish(events.ConversationChanged(conversation_id=conversation.id, change=change))
+    transaction.on_commit(lambda: protocol.send_status(conversation))
+
+
+def _set_paused(conversation: Conversation, *, waiting: bool, now: datetime) -> None:
+    conversation.ai_paused = True
+    conversation.ai_epoch += 1
+    conversation.waiting_since = (conversation.waiting_since or now) if waiting else None
+    conversation.version += 1
+    conversation.save(update_fields=["ai_paused", "ai_epoch", "waiting_since", "version"])
+
+
+def _enqueue_ai_reply(conversation: Conversation, message: Message) -> None:
+    from conversations import tasks
+
+    conversation_id, message_id, epoch = str(conversation.id), message.pk, conversation.ai_epoch
+    transaction.on_commit(
+        lambda: tasks.dispatch(tasks.generate_ai_reply, conversation_id, message_id, epoch)
+    )
+
+
+def ai_should_answer(conversation: Conversation) -> bool:
+    return (
+        conversation.status == Status.OPEN
+        and not conversation.ai_paused
+        and conversation.service.ai_answers
+    )
+
+
+# --- Visitors --------------------------------------------------------------------------------
+
+
+def visitor_token_for(visitor: Visitor) -> str:
+    return signing.dumps({"v": str(visitor.id), "s": visitor.service_id}, salt=VISITOR_TOKEN_SALT)
+
+
+def visitor_from_token(*, service: Service, token: object) -> Visitor | None:
+    """The visitor a token names, or None for a forged, foreign or unknown token."""
+    if not isinstance(token, str) or not token or len(token) > 300:
+        return None
+    try:
+        payload = signing.loads(token, salt=VISITOR_TOKEN_SALT)
+    except signing.BadSignature:
+        return None
+    if not isinstance(payload, dict) or payload.get("s") != service.id:
+        return None
+    return Visitor.objects.filter(pk=payload.get("v"), service=service).first()
+
+
+def _scrub(text: str) -> str:
+    return text.replace("\x00", "").encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _clean_json(value: object, depth: int = 0) -> object:
+    if depth > 6:
+        raise ValueError("too deep")
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, dict):
+        return {_scrub(str(k)): _clean_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v, depth + 1) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    raise ValueError("not JSON")
+
+
+def clean_profile(profile: object) -> dict:
+    """Keep a small JSON object the host page passed; anything else becomes {}."""
+    if not isinstance(profile, dict):
+        return {}
+    try:
+        cleaned = _clean_json(profile)
+        encoded = json.dumps(cleaned, allow_nan=False)
+    except (TypeError, ValueError):
+        return {}
+    return cleaned if len(encoded) <= MAX_PROFILE_BYTES else {}
+
+
+def visitor_identify(
+    *,
+    service: Service,
+    token: object,
+    location: dict[str, str] | None = None,
+    timezone_name: str = "",
+    profile: object = None,
+) -> tuple[Visitor, str]:
+    """Return the token's visitor, or a new one, and a token for it; refresh what we know."""
+    visitor = visitor_from_token(service=service, token=token)
+    profile = clean_profile(profile)
+    fields: dict = {}
+    if profile:
+        fields["profile"] = profile
+        for key in ("name", "email"):
+            value = profile.get(key)
+            if isinstance(value, str) and value.strip():
+                fields[key] = value.strip()[:200]
+    if location and any(location.values()):
+        fields.update({key: (location.get(key) or "")[:100] for key in ("city", "region", "country")})
+    if isinstance(timezone_name, str) and len(timezone_name) <= 64:
+        fields["timezone"] = timezone_name
+    if "email" in fields and ("@" not in fields["email"] or len(fields["email"]) > 254):
+        del fields["email"]
+    if visitor is None:
+        visitor = Visitor.objects.create(service=service, **fields)
+    elif fields:
+        for key, value in fields.items():
+            setattr(visitor, key, value)
+        visitor.save(update_fields=[*fields, "last_seen_at"])
+    return visitor, visitor_token_for(visitor)
+
+
+def open_conversation_for(*, visitor: Visitor) -> Conversation | None:
+    return (
+        Conversation.objects.select_related("service", "claimed_by")
+        .filter(visitor=visitor, service_id=visitor.service_id, status=Status.OPEN)
+        .first()
+    )
+
+
+# --- Customer actions ------------------------------------------------------------------------
+
+
+def _open_or_start(*, visitor: Visitor, opening_question: str) -> Conversation:
+    """Lock the visitor's open conversation, starting one if there is none."""
+    existing = open_conversation_for(visitor=visitor)
+    if existing is not None:
+        return _locked(existing.pk)
+    service = visitor.service
+    specialist = service.specialists.order_by("position", "name").first()
+    try:
+        # A savepoint: two sockets of one visitor may race to start the conversation.
+        with transaction.atomic():
+            conversation = Conversation.objects.create(
+                service=service,
+                visitor=visitor,
+                specialist=specialist,
+                opening_question=opening_question[:MAX_MESSAGE_LENGTH],
+            )
+    except IntegrityError:
+        return _locked(open_conversation_for(visitor=visitor).pk)
+    _audit(AuditAction.CONVERSATION_STARTED, conversation=conversation, actor_kind="visitor")
+    conversation = _locked(conversation.pk)
+    if service.mode == Mode.HUMAN_ONLY:
+        # Human Only: the conversation waits for a person from its first message, silently.
+        _set_paused(conversation, waiting=True, now=timezone.now())
+    _changed(conversation, "started")
+    return conversation
+
+
+@dataclass(frozen=True)
+class Posted:
+    message: Message
+    created: bool
+
+
+def conversation_post_customer_message(
+    *, visitor: Visitor, text: object, client_id: object
+) -> Posted:
+    """Store the customer's message once per `client_id` and let the AI answer if it may."""
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
+        raise BadClientId()
+    text = clean_text(text)
+    with transaction.atomic():
+        repeat = (
+            Message.objects.select_related("specialist", "author")
+            .filter(conversation__visitor=visitor, role=Role.USER, client_id=client_id)
+            .first()
+        )
+        if repeat is not None:
+            return Posted(message=repeat, created=False)
+        conversation = _open_or_start(visitor=visitor, opening_question=text)
+        if not conversation.opening_question:
+            conversation.opening_question = text
+            conversation.save(update_fields=["opening_question"])
+        message = _append(
+            conversation, role=Role.USER, text=text, client_id=client_id, actor_kind="visitor"
+        )
+        if ai_should_answer(conversation):
+            _enqueue_ai_reply(conversation, message)
+    return Posted(message=message, created=True)
+
+
+def message_give_feedback(*, visitor: Visitor, seq: object, value: object) -> Message:
+    """Record the customer's thumbs up or down on an AI message of their open conversation."""
+    if value not in Feedback.values:
+        raise HandoffError("value must be 'up' or 'down'.")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise BadSeq()
+    conversation = open_conversation_for(visitor=visitor)
+    if conversation is None:
+        raise BadSeq()
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update()
+            .filter(conversation=conversation, seq=seq, role=Role.AI)
+            .first()
+        )
+        if message is None:
+            raise BadSeq()
+        if message.feedback == value:
+            return message
+        message.feedback = value
+        message.save(update_fields=["feedback"])
+        _audit(
+            AuditAction.FEEDBACK,
+            conversation=conversation,
+            actor_kind="visitor",
+            seq=seq,
+            value=value,
+        )
+        events.publish(
+            events.FeedbackGiven(
+                conversation_id=conversation.id, message_id=message.pk, value=str(value)
+            )
+        )
+    return message
+
+
+def conversation_request_human(
+    *,
+    visitor: Visitor | None = None,
+    conversation: Conversation | None = None,
+    source: Literal["button", "words"] = "button",
+    message: Message | None = None,
+) -> Conversation:
+    """The customer asks for a person: hand off, or say politely that nobody is here."""
+    with transaction.atomic():
+        if conversation is None:
+            conversation = _open_or_start(visitor=visitor, opening_question="")
+        else:
+            conversation = _locked(conversation.pk)
+        if conversation.status != Status.OPEN:
+            raise ConversationClosed()
+        service = conversation.service
+        _audit(
+            AuditAction.HELP_REQUESTED, conversation=conversation, actor_kind="visitor", source=source
+        )
+        if service.mode == Mode.AI_ONLY:
+            _append(conversation, role=Role.SYSTEM, text=TEXT_NO_HUMANS)
+            return conversation
+        events.publish(
+            events.HumanRequested(
+                conversation_id=conversation.id,
+                message_id=message.pk if message else None,
+                source=source,
+            )
+        )
+        if not conversation.ai_paused:
+            _hand_off(conversation, reason="help_requested")
+    return conversation
+
+
+def conversation_hand_off(*, conversation: Conversation, reason: str) -> bool:
+    """Pause the AI and queue the conversation for a human; False if nothing changed."""
+    with transaction.atomic():
+        conversation = _locked(conversation.pk)
+        if (
+            conversation.status != Status.OPEN
+            or conversation.ai_paused
+            or conversation.service.mode != Mode.HUMAN_SUPPORTED
+        ):
+            return False
+        _hand_off(conversation, reason=reason)
+    return True
+
+
+def _hand_off(conversation: Conversation, *, reason: str) -> None:
+    _append(conversation, role=Role.SYSTEM, text=TEXT_HANDOFF, actor_kind="ai")
+    _set_paused(conversation, waiting=True, now=timezone.now())
+    _audit(AuditAction.HANDED_OFF, conversation=conversation, actor_kind="system", reason=reason)
+    _changed(conversation, "handed_off")
+    if conversation.service.handoff_wait_seconds:
+        from conversations import tasks
+
+        conversation_id = str(conversation.id)
+        transaction.on_commit(
+            lambda: tasks.dispatch_later(
+                tasks.expire_handoff_wait,
+                conversation_id,
+                countdown=conversation.service.handoff_wait_seconds,
+            )
+        )
+
+
+def conversation_end_by_customer(*, visitor: Visitor) -> Conversation | None:
+    """The customer ends the chat; returns the closed conversation, or None if none was open."""
+    conversation = open_conversation_for(visitor=visitor)
+    if conversation is None:
+        return None
+    return _close(conversation, actor=None, actor_kind="visitor", reason="customer")
+
+
+# --- The AI ----------------------------------------------------------------------------------
+
+
+def conversation_post_ai_message(
+    *,
+    conversation_id,
+    reply_to: Message,
+    epoch: int,
+    text: str,
+    specialist: Specialist | None,
+    confidence: float | None = None,
+    non_answer: bool | None = None,
+    evidence: dict | None = None,
+) -> Message | None:
+    """Post the AI's reply to `reply_to`, or drop it if the conversation moved on.
+
+    The row lock serialises this with take-overs: a pause that commits first bumps the
+    epoch, and a reply generated before it is dropped rather than talking over a human.
+    """
+    text = clean_text(text)[:MAX_MESSAGE_LENGTH]
+    with transaction.atomic():
+        conversation = _locked(conversation_id)
+        latest_user_seq = (
+            conversation.messages.filter(role=Role.USER).order_by("-seq").values_list("seq", flat=True).first()
+        )
+        reason = None
+        if not ai_should_answer(conversation):
+            reason = "paused_or_closed"
+        elif conversation.ai_epoch != epoch:
+            reason = "paused_since"
+        elif latest_user_seq != reply_to.seq:
+            reason = "superseded"
+        elif conversation.message_count > reply_to.seq and conversation.messages.filter(
+            seq__gt=reply_to.seq, role=Role.AI
+        ).exists():
+            reason = "already_answered"
+        if reason:
+            _audit(
+                AuditAction.AI_REPLY_DROPPED,
+                conversation=conversation,
+                actor_kind="ai",
+                reply_to=reply_to.seq,
+                reason=reason,
+            )
+            return None
+        if specialist is not None and specialist.pk != conversation.specialist_id:
+            previous = conversation.specialist.name if conversation.specialist_id else None
+            conversation.specialist = specialist
+            conversation.save(update_fields=["specialist"])
+            _audit(
+                AuditAction.SPECIALIST_CHANGED,
+                conversation=conversation,
+                actor_kind="ai",
+                previous=previous,
+                specialist=specialist.name,
+            )
+        message = _append(
+            conversation,
+            role=Role.AI,
+            text=text,
+            specialist=specialist or conversation.specialist,
+            confidence=confidence,
+            evidence=evidence,
+            actor_kind="ai",
+        )
+        if non_answer is not None:
+            message.non_answer = non_answer
+            message.save(update_fields=["non_answer"])
+    return message
+
+
+# --- Agent actions ---------------------------------------------------------------------------
+
+
+def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUser) -> Conversation:
+    """Claim the conversation for `agent`: exactly one of any number of racing agents wins."""
+    with transaction.atomic():
+        now = timezone.now()
+        # The conditional update is the claim: on PostgreSQL concurrent updaters queue on
+        # the row lock and re-check `claimed_by IS NULL`, so only one sees a row updated.
+        won = (
+            Conversation.objects.filter(
+                pk=conversation.pk, status=Status.OPEN, claimed_by__isnull=True
+            )
+            .exclude(service__mode=Mode.AI_ONLY)
+            .update(
+                claimed_by=agent,
+                claimed_at=now,
+                ai_paused=True,
+                ai_epoch=F("ai_epoch") + 1,
+                waiting_since=None,
+                version=F("version") + 1,
+            )
+        )
+        conversation = _locked(conversation.pk)
+        if not won:
+            if conversation.status != Status.OPEN:
+                raise ConversationClosed()
+            if conversation.claimed_by_id == agent.pk:
+                return conversation
+            if conversation.claimed_by_id:
+                raise AlreadyClaimed(protocol.display_name(conversation.claimed_by))
+            raise ModeDisallows("Agents cannot take over conversations in AI Only mode.")
+        name = protocol.display_name(agent)
+        _append(conversation, role=Role.SYSTEM, text=TEXT_JOINED.format(name=name))
+        _audit(AuditAction.TAKEN_OVER, conversation=conversation, actor=agent)
+        _changed(conversation, "claimed")
+    return conversation
+
+
+def _check_holder(conversation: Conversation, user: AbstractBaseUser, *, admin_ok: bool) -> None:
+    if conversation.status != Status.OPEN:
+        raise ConversationClosed()
+    if conversation.claimed_by_id == user.pk:
+        return
+    if admin_ok and is_admin(user):
+        return
+    if conversation.claimed_by_id:
+        raise AlreadyClaimed(protocol.display_name(conversation.claimed_by))
+    raise NotClaimer()
+
+
+def conversation_send_as_agent(
+    *, conversation: Conversation, agent: AbstractBaseUser, text: object
+) -> Message:
+    """Post `text` as the agent holding the conversation."""
+    text = clean_text(text)
+    with transaction.atomic():
+        conversation = _locked(conversation.pk)
+        if conversation.status != Status.OPEN:
+            raise ConversationClosed()
+        if conversation.claimed_by_id != agent.pk:
+            raise NotClaimer()
+        message = _append(conversation, role=Role.HUMAN, text=text, author=agent)
+    return message
+
+
+def conversation_resume_ai(*, conversation: Conversation, user: AbstractBaseUser) -> Conversation:
+    """Hand the conversation back to the AI; it answers from the next customer message on."""
+    with transaction.atomic():
+        conversation = _locked(conversation.pk)
+        _check_holder(conversation, user, admin_ok=True)
+        if conversation.service.mode == Mode.HUMAN_ONLY:
+            raise ModeDisallows("The AI cannot answer in Human Only mode.")
+        _resume(conversation)
+        _audit(AuditAction.AI_RESUMED, conversation=conversation, actor=user)
+        _changed(conversation, "resumed")
+    return conversation
+
+
+def _resume(conversation: Conversation) -> None:
+    conversation.claimed_by = None
+    conversation.claimed_at = None
+    conversation.ai_paused = False
+    conversation.waiting_since = None
+    conversation.version += 1
+    conversation.save(
+        update_fields=["claimed_by", "claimed_at", "ai_paused", "waiting_since", "version"]
+    )
+    _append(conversation, role=Role.SYSTEM, text=TEXT_AI_BACK)
+
+
+def conversation_release(*, conversation: Conversation, user: AbstractBaseUser) -> Conversation:
+    """Give up the claim; the AI stays paused and the conversation waits for a colleague."""
+    with transaction.atomic():
+        conversation = _locked(conversation.pk)
+        _check_holder(conversation, user, admin_ok=True)
+        if not conversation.claimed_by_id:
+            return conversation
+        name = protocol.display_name(conversation.claimed_by)
+        conversation.claimed_by = None
+        conversation.claimed_at = None
+        conversation.waiting_since = timezone.now()
+        conversation.version += 1
+        conversation.save(update_fields=["claimed_by", "claimed_at", "waiting_since", "version"])
+        _append(conversation, role=Role.SYSTEM, text=TEXT_RELEASED.format(name=name))
+        _audit(AuditAction.RELEASED, conversation=conversation, actor=user)
+        _changed(conversation, "released")
+    return conversation
+
+
+def conversation_close(*, conversation: Conversation, user: AbstractBaseUser) -> Conversation:
+    """Close the conversation as the agent holding it, or as an admin."""
+    with transaction.atomic():
+        conversation = _locked(conversation.pk)
+        _check_holder(conversation, user, admin_ok=True)
+        return _close(conversation, actor=user, actor_kind="agent", reason="agent")
+
+
+def _close(
+    conversation: Conversation,
+    *,
+    actor: AbstractBaseUser | None,
+    actor_kind: str,
+    reason: str,
+) -> Conversation:
+    with transaction.atomic():
+        conversation = _locked(conversation.pk)
+        if conversation.status != Status.OPEN:
+            return conversation
+        _append(conversation, role=Role.SYSTEM, text=TEXT_CLOSED)
+        conversation.status = Status.CLOSED
+        conversation.closed_at = timezone.now()
+        conversation.ai_paused = False
+        conversation.waiting_since = None
+        conversation.version += 1
+        conversation.save(
+            update_fields=["status", "closed_at", "ai_paused", "waiting_since", "version"]
+        )
+        _audit(
+            AuditAction.CLOSED,
+            conversation=conversation,
+            actor=actor,
+            actor_kind=actor_kind,
+            reason=reason,
+        )
+        _changed(conversation, "closed")
+    return conversation
+
+
+# --- Time-driven changes ---------------------------------------------------------------------
+
+
+def conversation_expire_wait(*, conversation_id, now: datetime | None = None) -> bool:
+    """Resume the AI when nobody took over within the service's wait; True if it did."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        conversation = _locked(conversation_id)
+        wait = conversation.service.handoff_wait_seconds
+        if (
+            conversation.status != Status.OPEN
+            or conversation.service.mode != Mode.HUMAN_SUPPORTED
+            or not conversation.ai_paused
+            or conversation.claimed_by_id
+            or conversation.waiting_since is None
+            or not wait
+            or conversation.waiting_since + timedelta(seconds=wait) > now
+        ):
+            return False
+        conversation.ai_paused = False
+        conversation.waiting_since = None
+        conversation.version += 1
+        conversation.save(update_fields=["ai_paused", "waiting_since", "version"])
+        _append(conversation, role=Role.SYSTEM, text=TEXT_WAIT_EXPIRED)
+        _audit(AuditAction.WAIT_EXPIRED, conversation=conversation, waited_seconds=wait)
+        _changed(conversation, "wait_expired")
+    return True
+
+
+def conversations_close_idle(*, now: datetime | None = None, batch: int = 200) -> int:
+    """Close open conversations idle past CONVERSATION_IDLE_MINUTES; returns how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(minutes=settings.CONVERSATION_IDLE_MINUTES)
+    ids = list(
+        Conversation.objects.filter(status=Status.OPEN, last_activity_at__lt=cutoff)
+        .order_by("last_activity_at")
+        .values_list("pk", flat=True)[:batch]
+    )
+    closed = 0
+    for conversation_id in ids:
+        with transaction.atomic():
+            conversation = _locked(conversation_id)
+            # Re-checked under the lock: the customer may have written in the meantime.
+            if conversation.status == Status.OPEN and conversation.last_activity_at < cutoff:
+                _close(conversation, actor=None, actor_kind="system", reason="idle")
+                closed += 1
+    return closed
+
+
+# --- Modes -----------------------------------------------------------------------------------
+
+
+def service_set_mode(*, service: Service, mode: str, user: AbstractBaseUser | None) -> Service:
+    """Switch a service's mode and apply it to its open conversations (SPEC §3)."""
+    if mode not in Mode.values:
+        raise HandoffError(f"mode must be one of: {', '.join(Mode.values)}.")
+    with transaction.atomic():
+        service = Service.objects.select_for_update().get(pk=service.pk)
+        previous = service.mode
+        if previous == mode:
+            return service
+        service.mode = mode
+        service.save(update_fields=["mode"])
+        _audit(
+            AuditAction.MODE_CHANGED,
+            service=service,
+            actor=user,
+            actor_kind="admin",
+            mode=mode,
+            previous=previous,
+        )
+        open_ids = list(
+            service.conversations.filter(status=Status.OPEN).values_list("pk", flat=True)
+        )
+        for conversation_id in open_ids:
+            conversation = _locked(conversation_id)
+            conversation.service = service
+            if mode == Mode.AI_ONLY and (conversation.ai_paused or conversation.claimed_by_id):
+                _resume(conversation)
+                _changed(conversation, "mode_applied")
+            elif mode == Mode.HUMAN_ONLY and not conversation.ai_paused:
+                _set_paused(conversation, waiting=True, now=timezone.now())
+                _append(conversation, role=Role.SYSTEM, text=TEXT_HUMAN_ONLY)
+                _changed(conversation, "mode_applied")
+            elif mode != previous:
+                # The widget's mode and "Talk to a person" button follow the service.
+                transaction.on_commit(lambda c=conversation: protocol.send_status(c))
+        events.publish(events.ServiceModeChanged(service_id=service.pk, mode=mode, previous=previous))
+        transaction.on_commit(lambda: protocol.send_service_status(service))
+    return service
+
+
+def services_set_mode(*, mode: str, user: AbstractBaseUser | None) -> list[Service]:
+    """Apply one mode to every service in one action."""
+    if mode not in Mode.values:
+        raise HandoffError(f"mode must be one of: {', '.join(Mode.values)}.")
+    with transaction.atomic():
+        return [
+            service_set_mode(service=service, mode=mode, user=user)
+            for service in Service.objects.order_by("pk")
+        ]

@@ -1,0 +1,85 @@
+"""Celery tasks of the conversation engine: thin, idempotent, ids in."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import OperationalError
+
+from conversations import protocol, selectors, services
+from conversations.ai import get_responder
+from conversations.models import Conversation, Message, Role
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
+
+
+def dispatch(task, *args) -> None:
+    """Enqueue `task`; a broker that is down is logged, never raised into the request."""
+    try:
+        task.apply_async(args=args)
+    except Exception:
+        logger.exception("could not enqueue %s%r", task.name, args)
+
+
+def dispatch_later(task, *args, countdown: int) -> None:
+    try:
+        task.apply_async(args=args, countdown=countdown)
+    except Exception:
+        logger.exception("could not enqueue %s%r", task.name, args)
+
+
+@shared_task(
+    autoretry_for=TRANSIENT, retry_backoff=True, retry_jitter=True, max_retries=5, acks_late=True
+)
+def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int | None:
+    """Answer the customer message `message_id`; returns the reply's seq, or None if dropped."""
+    message = (
+        Message.objects.filter(pk=message_id, role=Role.USER)
+        .select_related("conversation__service", "conversation__specialist")
+        .first()
+    )
+    if message is None:
+        logger.info("message %s is gone; no reply", message_id)
+        return None
+    conversation = message.conversation
+    if not services.ai_should_answer(conversation) or conversation.ai_epoch != epoch:
+        return None
+    if conversation.messages.filter(seq__gt=message.seq, role=Role.AI).exists():
+        return None  # answered already: this is a re-delivery
+    protocol.send_typing(conversation.id, True)
+    try:
+        request = selectors.ai_request_for(conversation=conversation, upto_seq=message.seq)
+        reply = get_responder().reply(request)
+        specialist = None
+        if reply.specialist:
+            specialist = conversation.service.specialists.filter(name=reply.specialist).first()
+        posted = services.conversation_post_ai_message(
+            conversation_id=conversation_id,
+            reply_to=message,
+            epoch=epoch,
+            text=reply.text,
+            specialist=specialist,
+            confidence=reply.confidence,
+            non_answer=reply.non_answer,
+            evidence=reply.evidence,
+        )
+    finally:
+        protocol.send_typing(conversation.id, False)
+    return posted.seq if posted else None
+
+
+@shared_task(autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def expire_handoff_wait(conversation_id: str) -> bool:
+    """Resume the AI if the conversation still waits for a human past its deadline."""
+    if not Conversation.objects.filter(pk=conversation_id).exists():
+        return False
+    return services.conversation_expire_wait(conversation_id=conversation_id)
+
+
+@shared_task(autoretry_for=TRANSIENT, retry_backoff=True, max_retries=3)
+def close_idle_conversations() -> int:
+    """Close conversations idle past CONVERSATION_IDLE_MINUTES (run by beat)."""
+    return services.conversations_close_idle()
