@@ -128,7 +128,15 @@ class VisitorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["created_at", "action", "actor", "actor_kind", "service", "conversation", "detail"]
+    list_display = [
+        "created_at",
+        "action",
+        "actor",
+        "actor_kind",
+        "service",
+        "conversation",
+        "detail",
+    ]
     list_filter = ["action", "actor_kind", "service"]
     list_select_related = ["actor", "service", "conversation"]
     date_hierarchy = "created_at"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from urllib.parse import urlsplit
@@ -12,7 +13,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from conversations import geo, protocol, selectors, services
-from conversations.models import Conversation, Service, Status, Visitor
+from conversations.models import Conversation, Service, Visitor
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +91,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return True
 
     def _release_socket_slot(self) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # the counter expired meanwhile
             cache.decr(self.ip_key)
-        except ValueError:
-            pass  # the counter expired meanwhile
         self.ip_key = None
 
     # --- Frames in ----------------------------------------------------------------------
@@ -141,7 +140,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             protocol.service_group(self.service.pk), self.channel_name
         )
         await self.send_json(
-            protocol.ready_frame(service=self.service, visitor_token=token, conversation=conversation)
+            protocol.ready_frame(
+                service=self.service, visitor_token=token, conversation=conversation
+            )
         )
         if conversation is not None:
             self.last_seq_sent = last_seq
@@ -225,9 +226,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_json(protocol.status_frame(self.service, conversation))
 
     async def _catch_up(self) -> Conversation | None:
-        frames, conversation = await database_sync_to_async(self._frames_since)(
-            self.last_seq_sent
-        )
+        frames, conversation = await database_sync_to_async(self._frames_since)(self.last_seq_sent)
         for frame in frames:
             if frame["seq"] > self.last_seq_sent:
                 self.last_seq_sent = frame["seq"]

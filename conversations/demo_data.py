@@ -14,7 +14,7 @@ TECH_SUPPORT_ENTRIES: list[dict] = [
             "The password reset email never arrived"
         ),
         "answer": (
-            "Click \"Forgot password?\" on the sign-in page and enter your account email; "
+            'Click "Forgot password?" on the sign-in page and enter your account email; '
             "we'll send a reset link that is valid for 60 minutes. If it doesn't arrive within "
             "a few minutes, check your spam folder and make sure no-reply@ledgerly.app is "
             "allowed by your mail server."
@@ -40,7 +40,7 @@ TECH_SUPPORT_ENTRIES: list[dict] = [
             "My authenticator codes are not accepted"
         ),
         "answer": (
-            "On the code screen choose \"Use a recovery code\" and enter one of the codes you "
+            'On the code screen choose "Use a recovery code" and enter one of the codes you '
             "saved when you turned on 2FA. If codes are rejected, check that your phone's clock "
             "is set automatically. Without recovery codes, an account owner must verify your "
             "identity with our support team before we can reset 2FA."
@@ -55,7 +55,7 @@ TECH_SUPPORT_ENTRIES: list[dict] = [
         "answer": (
             "After five failed attempts we lock sign-in for 15 minutes to protect your account; "
             "wait, then try again or reset your password. If your company uses single sign-on, "
-            "sign in with the \"Continue with SSO\" button instead of a password."
+            'sign in with the "Continue with SSO" button instead of a password.'
         ),
     },
     {
@@ -114,7 +114,7 @@ TECH_SUPPORT_ENTRIES: list[dict] = [
         ),
         "answer": (
             "Banks ask you to renew the connection every 90 days. Open Banking → Connections "
-            "and click \"Reconnect\" next to the account; new transactions usually appear "
+            'and click "Reconnect" next to the account; new transactions usually appear '
             "within an hour. If the bank is listed as degraded there, the delay is on the "
             "bank's side and syncing resumes automatically."
         ),
@@ -218,9 +218,7 @@ TECH_SUPPORT_ENTRIES: list[dict] = [
     },
     {
         "question": (
-            "Ledgerly is very slow\n"
-            "Pages take forever to load\n"
-            "Why is the dashboard so sluggish?"
+            "Ledgerly is very slow\nPages take forever to load\nWhy is the dashboard so sluggish?"
         ),
         "answer": (
             "First check status.ledgerly.app for an ongoing incident. Otherwise, very large "
@@ -245,11 +243,7 @@ BILLING_ENTRIES: list[dict] = [
         ),
     },
     {
-        "question": (
-            "Can I get a refund?\n"
-            "I want my money back\n"
-            "What is your refund policy?"
-        ),
+        "question": "Can I get a refund?\nI want my money back\nWhat is your refund policy?",
         "answer": (
             "Annual plans can be refunded in full within 30 days of purchase or renewal. "
             "Monthly plans are not refunded, but you can cancel at any time and keep access "
@@ -288,7 +282,7 @@ BILLING_ENTRIES: list[dict] = [
             "How do I add a new card to my account?"
         ),
         "answer": (
-            "Go to Settings → Billing → Payment method and click \"Replace card\". The new card "
+            'Go to Settings → Billing → Payment method and click "Replace card". The new card '
             "is used for your next payment, and any outstanding invoice is retried right away."
         ),
     },
@@ -349,7 +343,7 @@ BILLING_ENTRIES: list[dict] = [
             "Is there a discount for paying annually?"
         ),
         "answer": (
-            "Yes: in Settings → Billing choose \"Switch to annual\". Annual billing costs the "
+            'Yes: in Settings → Billing choose "Switch to annual". Annual billing costs the '
             "same as ten months, so you get two months free, and the unused part of your "
             "current month is credited."
         ),

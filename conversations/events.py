@@ -65,7 +65,9 @@ class ServiceModeChanged:
     previous: str
 
 
-DomainEvent = MessagePosted | ConversationChanged | FeedbackGiven | HumanRequested | ServiceModeChanged
+DomainEvent = (
+    MessagePosted | ConversationChanged | FeedbackGiven | HumanRequested | ServiceModeChanged
+)
 E = TypeVar("E", bound=DomainEvent)
 
 _subscribers: dict[type, list[Callable]] = defaultdict(list)

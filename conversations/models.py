@@ -30,8 +30,11 @@ def validate_origins(value: str) -> None:
 
 
 def parse_origins(value: str) -> list[str]:
-    return [item.strip().rstrip("/").lower() for item in value.replace(",", "\n").splitlines()
-            if item.strip()]
+    return [
+        item.strip().rstrip("/").lower()
+        for item in value.replace(",", "\n").splitlines()
+        if item.strip()
+    ]
 
 
 class Service(models.Model):

@@ -49,7 +49,9 @@ TEXT_NO_HUMANS = (
     "I'll keep helping you here as best I can."
 )
 TEXT_AI_BACK = "You're chatting with our virtual assistant again."
-TEXT_RELEASED = "{name} has left the conversation. Another member of our team will be with you shortly."
+TEXT_RELEASED = (
+    "{name} has left the conversation. Another member of our team will be with you shortly."
+)
 TEXT_WAIT_EXPIRED = (
     "I'm sorry, nobody from our team is available right now. "
     "Our virtual assistant will keep helping you in the meantime."
@@ -342,7 +344,9 @@ def visitor_identify(
             if isinstance(value, str) and value.strip():
                 fields[key] = value.strip()[:200]
     if location and any(location.values()):
-        fields.update({key: (location.get(key) or "")[:100] for key in ("city", "region", "country")})
+        fields.update(
+            {key: (location.get(key) or "")[:100] for key in ("city", "region", "country")}
+        )
     if isinstance(timezone_name, str) and len(timezone_name) <= 64:
         fields["timezone"] = timezone_name
     if "email" in fields and ("@" not in fields["email"] or len(fields["email"]) > 254):
@@ -400,6 +404,14 @@ class Posted:
     created: bool
 
 
+def _stored_with_client_id(visitor: Visitor, client_id: str) -> Message | None:
+    return (
+        Message.objects.select_related("specialist", "author")
+        .filter(conversation__visitor=visitor, role=Role.USER, client_id=client_id)
+        .first()
+    )
+
+
 def conversation_post_customer_message(
     *, visitor: Visitor, text: object, client_id: object
 ) -> Posted:
@@ -408,14 +420,14 @@ def conversation_post_customer_message(
         raise BadClientId()
     text = clean_text(text)
     with transaction.atomic():
-        repeat = (
-            Message.objects.select_related("specialist", "author")
-            .filter(conversation__visitor=visitor, role=Role.USER, client_id=client_id)
-            .first()
-        )
+        repeat = _stored_with_client_id(visitor, client_id)
         if repeat is not None:
             return Posted(message=repeat, created=False)
         conversation = _open_or_start(visitor=visitor, opening_question=text)
+        # Checked again under the conversation lock: a twin frame may have just committed.
+        repeat = _stored_with_client_id(visitor, client_id)
+        if repeat is not None:
+            return Posted(message=repeat, created=False)
         if not conversation.opening_question:
             conversation.opening_question = text
             conversation.save(update_fields=["opening_question"])
@@ -480,7 +492,10 @@ def conversation_request_human(
             raise ConversationClosed()
         service = conversation.service
         _audit(
-            AuditAction.HELP_REQUESTED, conversation=conversation, actor_kind="visitor", source=source
+            AuditAction.HELP_REQUESTED,
+            conversation=conversation,
+            actor_kind="visitor",
+            source=source,
         )
         if service.mode == Mode.AI_ONLY:
             _append(conversation, role=Role.SYSTEM, text=TEXT_NO_HUMANS)
@@ -560,7 +575,10 @@ def conversation_post_ai_message(
     with transaction.atomic():
         conversation = _locked(conversation_id)
         latest_user_seq = (
-            conversation.messages.filter(role=Role.USER).order_by("-seq").values_list("seq", flat=True).first()
+            conversation.messages.filter(role=Role.USER)
+            .order_by("-seq")
+            .values_list("seq", flat=True)
+            .first()
         )
         reason = None
         if not ai_should_answer(conversation):
@@ -569,9 +587,10 @@ def conversation_post_ai_message(
             reason = "paused_since"
         elif latest_user_seq != reply_to.seq:
             reason = "superseded"
-        elif conversation.message_count > reply_to.seq and conversation.messages.filter(
-            seq__gt=reply_to.seq, role=Role.AI
-        ).exists():
+        elif (
+            conversation.message_count > reply_to.seq
+            and conversation.messages.filter(seq__gt=reply_to.seq, role=Role.AI).exists()
+        ):
             reason = "already_answered"
         if reason:
             _audit(
@@ -614,22 +633,28 @@ def conversation_post_ai_message(
 def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUser) -> Conversation:
     """Claim the conversation for `agent`: exactly one of any number of racing agents wins."""
     with transaction.atomic():
-        now = timezone.now()
-        # The conditional update is the claim: on PostgreSQL concurrent updaters queue on
-        # the row lock and re-check `claimed_by IS NULL`, so only one sees a row updated.
-        won = (
-            Conversation.objects.filter(
-                pk=conversation.pk, status=Status.OPEN, claimed_by__isnull=True
-            )
-            .exclude(service__mode=Mode.AI_ONLY)
-            .update(
-                claimed_by=agent,
-                claimed_at=now,
-                ai_paused=True,
-                ai_epoch=F("ai_epoch") + 1,
-                waiting_since=None,
-                version=F("version") + 1,
-            )
+        # Same lock order as a mode change (service, then conversation): a switch to AI Only
+        # cannot interleave with a claim.
+        service = (
+            Service.objects.select_for_update(no_key=True)
+            .only("mode")
+            .get(pk=conversation.service_id)
+        )
+        if service.mode == Mode.AI_ONLY:
+            raise ModeDisallows("Agents cannot take over conversations in AI Only mode.")
+        # The conditional update is the claim: concurrent updaters queue on the row lock and
+        # re-check `claimed_by IS NULL` against the winner's row, so only one updates a row.
+        # It must filter this table's columns only: a join would turn the check into a
+        # subquery evaluated before the wait, and every waiter would win.
+        won = Conversation.objects.filter(
+            pk=conversation.pk, status=Status.OPEN, claimed_by__isnull=True
+        ).update(
+            claimed_by=agent,
+            claimed_at=timezone.now(),
+            ai_paused=True,
+            ai_epoch=F("ai_epoch") + 1,
+            waiting_since=None,
+            version=F("version") + 1,
         )
         conversation = _locked(conversation.pk)
         if not won:
@@ -637,9 +662,7 @@ def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUse
                 raise ConversationClosed()
             if conversation.claimed_by_id == agent.pk:
                 return conversation
-            if conversation.claimed_by_id:
-                raise AlreadyClaimed(protocol.display_name(conversation.claimed_by))
-            raise ModeDisallows("Agents cannot take over conversations in AI Only mode.")
+            raise AlreadyClaimed(protocol.display_name(conversation.claimed_by))
         name = protocol.display_name(agent)
         _append(conversation, role=Role.SYSTEM, text=TEXT_JOINED.format(name=name))
         _audit(AuditAction.TAKEN_OVER, conversation=conversation, actor=agent)
@@ -844,7 +867,9 @@ def service_set_mode(*, service: Service, mode: str, user: AbstractBaseUser | No
             elif mode != previous:
                 # The widget's mode and "Talk to a person" button follow the service.
                 transaction.on_commit(lambda c=conversation: protocol.send_status(c))
-        events.publish(events.ServiceModeChanged(service_id=service.pk, mode=mode, previous=previous))
+        events.publish(
+            events.ServiceModeChanged(service_id=service.pk, mode=mode, previous=previous)
+        )
         transaction.on_commit(lambda: protocol.send_service_status(service))
     return service
 

@@ -77,7 +77,9 @@ def agent2(db, django_user_model):
 
 @pytest.fixture
 def admin(db, django_user_model):
-    user = django_user_model.objects.create_user(username="ada", password="pw-ada", first_name="Ada")
+    user = django_user_model.objects.create_user(
+        username="ada", password="pw-ada", first_name="Ada"
+    )
     user.user_permissions.add(Permission.objects.get(codename="change_service"))
     user.is_staff = True
     user.save()

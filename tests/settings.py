@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/handoff")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 
-from handoff.settings import *  # noqa: E402, F403
+from handoff.settings import *  # noqa: F403
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -26,3 +26,4 @@ WHITENOISE_AUTOREFRESH = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ALLOWED_HOSTS = ["*"]
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

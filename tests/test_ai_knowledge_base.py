@@ -50,58 +50,93 @@ def responder() -> KnowledgeBaseResponder:
 
 
 ANSWERABLE = [
-    ("support", "I can't remember my password, how can I get a new one?",
-     "How do I reset my password?"),
-    ("support", "Where do I switch on 2FA for extra security?",
-     "How do I turn on two-factor authentication?"),
-    ("support", "I got a new phone and my authenticator codes are gone",
-     "I lost my phone and can't get my 2FA code"),
+    (
+        "support",
+        "I can't remember my password, how can I get a new one?",
+        "How do I reset my password?",
+    ),
+    (
+        "support",
+        "Where do I switch on 2FA for extra security?",
+        "How do I turn on two-factor authentication?",
+    ),
+    (
+        "support",
+        "I got a new phone and my authenticator codes are gone",
+        "I lost my phone and can't get my 2FA code",
+    ),
     ("support", "It says my account is locked, what now?", "I can't log in to my account"),
-    ("support", "the app crashes every time I open it on my iPad",
-     "The mobile app keeps crashing"),
+    ("support", "the app crashes every time I open it on my iPad", "The mobile app keeps crashing"),
     ("support", "Does Ledgerly run on Firefox?", "Which browsers do you support?"),
     ("support", "Can I export everything to Excel?", "How do I export my data?"),
-    ("support", "How do I bring my customer list in from a CSV file?",
-     "How do I import data from a spreadsheet?"),
-    ("support", "My bank transactions aren't showing up anymore",
-     "My bank feed is not syncing"),
+    (
+        "support",
+        "How do I bring my customer list in from a CSV file?",
+        "How do I import data from a spreadsheet?",
+    ),
+    ("support", "My bank transactions aren't showing up anymore", "My bank feed is not syncing"),
     ("support", "Can I hook up my Shopify store?", "Which integrations do you have?"),
-    ("support", "Where do I generate an API token for our developers?",
-     "How do I create an API key?"),
+    (
+        "support",
+        "Where do I generate an API token for our developers?",
+        "How do I create an API key?",
+    ),
     ("support", "Is the service down right now?", "Is Ledgerly down?"),
-    ("support", "How can I give my bookkeeper access to our books?",
-     "How do I invite a colleague, my accountant or bookkeeper?"),
-    ("support", "my clients say they never got the invoice I emailed",
-     "My customers are not receiving the invoice emails"),
-    ("support", "I need to update the email address I sign in with",
-     "How do I change my email address?"),
+    (
+        "support",
+        "How can I give my bookkeeper access to my account?",
+        "How do I invite a colleague, my accountant or bookkeeper?",
+    ),
+    (
+        "support",
+        "my clients say they never got the invoice I emailed",
+        "My customers are not receiving the invoice emails",
+    ),
+    (
+        "support",
+        "I need to update the email address I sign in with",
+        "How do I change my email address?",
+    ),
     ("support", "Please erase my account and everything in it", "How do I delete my account?"),
     ("support", "How do I take a picture of a receipt?", "How do I upload receipts?"),
     ("support", "Everything is loading really slowly today", "Ledgerly is very slow"),
-    ("support", "Where can I download past invoices for my subscription?",
-     "Where can I find my invoices?"),
+    (
+        "support",
+        "Where can I download past invoices for my subscription?",
+        "Where can I find my invoices?",
+    ),
     ("support", "I'd like a refund please", "Can I get a refund?"),
-    ("support", "Can I upgrade us to the Business plan?",
-     "How do I upgrade or downgrade my plan?"),
+    ("support", "Can I upgrade us to the Business plan?", "How do I upgrade or downgrade my plan?"),
     ("support", "Can I pay with PayPal?", "Which payment methods do you accept?"),
-    ("support", "My credit card has expired, where do I enter the new one?",
-     "How do I update my credit card?"),
+    (
+        "support",
+        "My credit card has expired, where do I enter the new one?",
+        "How do I update my credit card?",
+    ),
     ("support", "Why was my payment declined?", "My payment failed"),
-    ("support", "We're an EU company, can you apply the reverse charge for VAT?",
-     "How do I add my VAT number to invoices?"),
+    (
+        "support",
+        "We're an EU company, can you apply the reverse charge for VAT?",
+        "How do I add my VAT number to invoices?",
+    ),
     ("support", "I want to cancel my subscription", "How do I cancel my subscription?"),
     ("support", "You charged my card twice this month!", "I was charged twice"),
-    ("support", "Can I get billed once a year instead?",
-     "Can I switch from monthly to annual billing?"),
+    (
+        "support",
+        "Can I get billed once a year instead?",
+        "Can I switch from monthly to annual billing?",
+    ),
     ("support", "Can I pay in British pounds instead of dollars?", "Can I pay in euros or pounds?"),
     ("support", "When will the next payment be taken?", "When will I be charged?"),
     ("sales", "How much is Ledgerly per month?", "What plans do you offer?"),
     ("sales", "What features come with Pro?", "What is included in the Pro plan?"),
     ("sales", "Is there a trial period?", "Do you have a free trial?"),
-    ("sales", "We're a charity, do you give discounts?",
-     "Do you offer discounts for non-profits or charities?"),
-    ("sales", "Do you support SAML SSO?",
-     "Do you support single sign-on with Okta or Azure AD?"),
+    (
+        "sales",
+        "We're a charity, do you give discounts?",
+        "Do you offer discounts for non-profits or charities?",
+    ),
+    ("sales", "Do you support SAML SSO?", "Do you support single sign-on with Okta or Azure AD?"),
     ("sales", "I'd love to see a demo of the product", "Can I book a demo?"),
     ("sales", "Can your team help us migrate from Xero?", "Do you help with onboarding and setup?"),
     ("sales", "Is our data kept in Europe?", "Where is my data stored?"),
@@ -109,12 +144,18 @@ ANSWERABLE = [
     ("sales", "Will you sign a DPA with us?", "Are you GDPR compliant?"),
     ("sales", "How much does an extra user cost?", "How many users can I have on each plan?"),
     ("sales", "Can I run payroll for my staff?", "Does Ledgerly do payroll?"),
-    ("sales", "I'm an accountant, do you have a partner program?",
-     "Do you have a partner program for accountants?"),
+    (
+        "sales",
+        "I'm an accountant, do you have a partner program?",
+        "Do you have a partner program for accountants?",
+    ),
     ("sales", "How do I become a reseller?", "Can I resell Ledgerly?"),
     ("sales", "Do you pay commission for referrals?", "Do you have an affiliate program?"),
-    ("sales", "We want to build an integration and list it in your marketplace",
-     "How can I list my app in your integration marketplace?"),
+    (
+        "sales",
+        "We want to build an integration and list it in your marketplace",
+        "How can I list my app in your integration marketplace?",
+    ),
 ]
 
 UNANSWERABLE = [
@@ -164,16 +205,31 @@ def test_off_topic_questions_get_an_honest_non_answer(
 @pytest.mark.parametrize(
     ("slug", "messages", "expected"),
     [
-        ("sales", ("Tell me about the Pro plan", "how much is it?"),
-         "What is included in the Pro plan?"),
-        ("sales", ("What does the Business plan include?", "and what does it cost?"),
-         "What does the Business plan include?"),
-        ("sales", ("Do you have a free trial?", "What about the Starter plan?"),
-         "What do I get with the Starter plan?"),
-        ("support", ("My bank feed stopped syncing yesterday", "How do I fix it?"),
-         "My bank feed is not syncing"),
-        ("support", ("I was charged twice", "How do I reset my password?"),
-         "How do I reset my password?"),
+        (
+            "sales",
+            ("Tell me about the Pro plan", "how much is it?"),
+            "What is included in the Pro plan?",
+        ),
+        (
+            "sales",
+            ("What does the Business plan include?", "and what does it cost?"),
+            "What does the Business plan include?",
+        ),
+        (
+            "sales",
+            ("Do you have a free trial?", "What about the Starter plan?"),
+            "What do I get with the Starter plan?",
+        ),
+        (
+            "support",
+            ("My bank feed stopped syncing yesterday", "How do I fix it?"),
+            "My bank feed is not syncing",
+        ),
+        (
+            "support",
+            ("I was charged twice", "How do I reset my password?"),
+            "How do I reset my password?",
+        ),
     ],
 )
 def test_follow_up_questions_use_recent_context(
@@ -219,9 +275,10 @@ def test_only_recent_customer_turns_count_as_context(responder: KnowledgeBaseRes
 
     reply = responder.reply(make_request("sales", "how much is it?", turns=turns))
 
-    assert reply.evidence["entry_id"] != entry_starting(
-        "sales", "What is included in the Pro plan?"
-    ).id
+    assert (
+        reply.evidence["entry_id"]
+        != entry_starting("sales", "What is included in the Pro plan?").id
+    )
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,9 @@ def test_a_visitor_has_one_open_conversation_per_service(say):
 
 def test_take_over_claims_pauses_and_tells_the_customer(say, agent, run_commit):
     conversation = say("How do I reset my password?").conversation
-    conversation = run_commit(services.conversation_take_over, conversation=conversation, agent=agent)
+    conversation = run_commit(
+        services.conversation_take_over, conversation=conversation, agent=agent
+    )
     conversation.refresh_from_db()
     assert conversation.claimed_by == agent
     assert conversation.ai_paused is True
@@ -204,7 +206,11 @@ def test_a_reply_generated_before_a_take_over_is_dropped(say, agent, visitor):
     epoch = Conversation.objects.get(pk=conversation.pk).ai_epoch
     services.conversation_take_over(conversation=conversation, agent=agent)
     posted = services.conversation_post_ai_message(
-        conversation_id=conversation.pk, reply_to=pending, epoch=epoch, text="Refunds…", specialist=None
+        conversation_id=conversation.pk,
+        reply_to=pending,
+        epoch=epoch,
+        text="Refunds…",
+        specialist=None,
     )
     assert posted is None
     assert conversation.messages.filter(seq__gt=pending.seq, role=Role.AI).count() == 0
@@ -280,7 +286,9 @@ def test_idle_conversations_are_closed_after_the_configured_minutes(say, setting
     ).exists()
 
 
-def test_human_only_conversations_get_no_automated_words_and_wait(db, django_capture_on_commit_callbacks):
+def test_human_only_conversations_get_no_automated_words_and_wait(
+    db, django_capture_on_commit_callbacks
+):
     service = make_service(slug="people", mode=Mode.HUMAN_ONLY)
     visitor, _ = services.visitor_identify(service=service, token=None)
     with django_capture_on_commit_callbacks(execute=True):

@@ -182,7 +182,7 @@
 :host { all: initial; }
 *, *::before, *::after { box-sizing: border-box; }
 [hidden] { display: none !important; }
-.root { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+.root { pointer-events: auto; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
   color: #111827; -webkit-font-smoothing: antialiased; }
 button { font: inherit; }
 :focus-visible { outline: 3px solid #2563eb; outline-offset: 2px; }
@@ -284,10 +284,13 @@ textarea:disabled { background: #f3f4f6; }
   // ---------------------------------------------------------------- UI
 
   // An unknown custom element: host-page rules for div/section are unlikely to reach it.
+  // A 1px fixed box (not 0px) so browser tests can wait for it "visible" with data-state set.
   const host = document.createElement('handoff-widget');
   host.setAttribute('data-state', 'connecting');
   host.setAttribute('data-testid', 'hh-host');
-  host.style.cssText = 'display:block !important;position:static !important;';
+  host.style.cssText = 'display:block!important;position:fixed!important;right:0!important;bottom:0!important;' +
+    'width:1px!important;height:1px!important;margin:0!important;padding:0!important;border:0!important;' +
+    'z-index:2147483000!important;pointer-events:none!important;';
   const shadow = host.attachShadow({ mode: 'open' });
 
   const ui = {};

@@ -1,0 +1,148 @@
+"""Races on PostgreSQL: the claim, the message sequence and the AI against a take-over."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection, connections
+
+from conversations import services
+from conversations.models import Conversation, Message, Role
+from tests.conftest import make_agent, make_service
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are a no-op on SQLite: races are proven on PostgreSQL")
+
+
+def race(calls: list[Callable[[], object]]) -> list[object]:
+    """Run every call at the same moment on its own thread and connection."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        try:
+            barrier.wait()
+            return call()
+        except Exception as error:  # the outcome under test, returned for inspection
+            return error
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+@pytest.fixture
+def conversation(transactional_db):
+    service = make_service()
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    return services.conversation_post_customer_message(
+        visitor=visitor, text="My invoice is wrong", client_id="first"
+    ).message.conversation
+
+
+def test_twenty_agents_taking_over_at_once_leave_exactly_one_winner(
+    conversation, django_user_model
+):
+    agents = [make_agent(django_user_model, f"agent{n}", f"Agent {n}") for n in range(20)]
+    outcomes = race(
+        [
+            lambda a=a: services.conversation_take_over(conversation=conversation, agent=a)
+            for a in agents
+        ]
+    )
+    winners = [o for o in outcomes if isinstance(o, Conversation)]
+    losers = [o for o in outcomes if isinstance(o, services.AlreadyClaimed)]
+    assert len(winners) == 1
+    assert len(losers) == 19
+    conversation.refresh_from_db()
+    assert conversation.claimed_by_id == winners[0].claimed_by_id
+    joined = Message.objects.filter(
+        conversation=conversation, text__endswith="joined the conversation."
+    )
+    assert joined.count() == 1
+    assert {loser.holder for loser in losers} == {f"Agent {agents.index(conversation.claimed_by)}"}
+
+
+def test_concurrent_messages_get_gapless_seqs_in_commit_order(conversation):
+    visitor = conversation.visitor
+    outcomes = race(
+        [
+            lambda n=n: services.conversation_post_customer_message(
+                visitor=visitor, text=f"message {n}", client_id=f"c{n}"
+            )
+            for n in range(16)
+        ]
+    )
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    seqs = list(Message.objects.filter(conversation=conversation).values_list("seq", flat=True))
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    conversation.refresh_from_db()
+    assert conversation.message_count == len(seqs)
+
+
+def test_the_same_client_id_sent_twice_at_once_is_stored_once(conversation):
+    visitor = conversation.visitor
+    outcomes = race(
+        [
+            lambda: services.conversation_post_customer_message(
+                visitor=visitor, text="double", client_id="dup"
+            )
+            for _ in range(6)
+        ]
+    )
+    assert Message.objects.filter(conversation=conversation, client_id="dup").count() == 1
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert sorted(o.created for o in outcomes) == [False] * 5 + [True]
+    assert len({o.message.pk for o in outcomes}) == 1
+
+
+def test_first_messages_from_two_sockets_of_one_visitor_share_one_conversation(transactional_db):
+    service = make_service()
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    outcomes = race(
+        [
+            lambda n=n: services.conversation_post_customer_message(
+                visitor=visitor, text=f"hello {n}", client_id=str(uuid.uuid4())
+            )
+            for n in range(8)
+        ]
+    )
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert Conversation.objects.filter(visitor=visitor).count() == 1
+
+
+@pytest.mark.parametrize("attempt", range(10))
+def test_an_ai_reply_racing_a_take_over_never_lands_after_the_human_joined(
+    conversation, django_user_model, attempt
+):
+    agent = make_agent(django_user_model, f"racer{attempt}", "Racer")
+    question = Message.objects.get(conversation=conversation, seq=1)
+    epoch = Conversation.objects.get(pk=conversation.pk).ai_epoch
+    race(
+        [
+            lambda: services.conversation_post_ai_message(
+                conversation_id=conversation.pk,
+                reply_to=question,
+                epoch=epoch,
+                text="Here is your answer.",
+                specialist=None,
+            ),
+            lambda: services.conversation_take_over(conversation=conversation, agent=agent),
+        ]
+    )
+    roles = list(
+        Message.objects.filter(conversation=conversation)
+        .order_by("seq")
+        .values_list("role", flat=True)
+    )
+    joined_at = roles.index(Role.SYSTEM)
+    assert Role.AI not in roles[joined_at:], roles

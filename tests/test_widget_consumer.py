@@ -1,0 +1,303 @@
+"""The widget socket through the real ASGI app (SPEC §4, §9 widget rows)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+
+from conversations import services
+from conversations.models import Conversation, Message, Mode, Role, Service
+from tests.conftest import make_service
+from tests.widget import Widget
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def service(transactional_db) -> Service:
+    return make_service()
+
+
+async def test_hello_gets_ready_with_a_signed_token_and_no_conversation(service):
+    async with Widget() as w:
+        ready = await w.hello(timezone="Europe/Berlin")
+        assert ready["conversation_id"] is None
+        assert ready["mode"] == "human_supported"
+        assert ready["human_available"] is True
+        assert ready["ai_paused"] is False
+        assert ":" in ready["visitor_token"]  # django.core.signing
+        assert ready["greeting"] == service.greeting
+
+
+async def test_a_message_is_stored_echoed_with_its_seq_and_answered_by_the_ai(service):
+    async with Widget() as w:
+        await w.hello()
+        echo = await w.say("How do I reset my password?", client_id="abc")
+        assert (echo["seq"], echo["role"], echo["client_id"]) == (1, "user", "abc")
+        reply = await w.message(2)
+        assert reply["role"] == "ai"
+        assert reply["specialist"] == "Tech Support"
+        assert "Forgot password" in reply["text"]
+
+
+async def test_the_same_client_id_twice_stores_one_message_and_answers_with_it(service):
+    async with Widget() as w:
+        await w.hello()
+        first = await w.say("Where can I download my invoices?", client_id="same")
+        await w.message(2)
+        again = await w.say("Where can I download my invoices?", client_id="same")
+        assert again["seq"] == first["seq"] == 1
+    assert await database_sync_to_async(Message.objects.filter(role=Role.USER).count)() == 1
+
+
+async def test_a_reload_resumes_the_same_conversation_from_last_seq(service):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")
+        await w.message(2)
+        token = w.token
+    async with Widget() as again:
+        ready = await again.hello(token=token, last_seq=1)
+        assert ready["conversation_id"] is not None
+        replayed = await again.receive()
+        assert (replayed["type"], replayed["seq"]) == ("message", 2)
+        status = await again.receive()
+        assert status["type"] == "status"
+        assert await again.nothing()
+    async with Widget() as fresh:
+        await fresh.hello(token=token, last_seq=0)
+        seqs = [(await fresh.receive())["seq"] for _ in range(2)]
+        assert seqs == [1, 2]
+
+
+async def test_a_forged_token_is_a_new_visitor_and_reveals_nothing(service):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("secret question")
+        token = w.token
+    async with Widget() as forger:
+        ready = await forger.hello(token=token[:-2] + "xx")
+        assert ready["conversation_id"] is None
+        assert ready["visitor_token"] != token
+        assert await forger.nothing()
+
+
+async def test_another_services_token_is_a_new_visitor(service):
+    await database_sync_to_async(make_service)(slug="sales", name="Sales")
+    async with Widget() as w:
+        await w.hello()
+        await w.say("hello")
+        token = w.token
+    async with Widget("sales") as other:
+        ready = await other.hello(token=token)
+        assert ready["conversation_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        ('"hello"', "bad_json"),
+        ("null", "bad_json"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"type": 5}', "unknown_type"),
+        ('{"no": "type"}', "unknown_type"),
+        ('{"type": "message", "text": "hi", "client_id": "1"}', "hello_required"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_the_socket_stays_open(service, raw, code):
+    async with Widget() as w:
+        await w.send(raw)
+        error = await w.error()
+        assert error["code"] == code
+        assert error["detail"]
+        await w.hello()  # still alive and usable
+
+
+async def test_a_binary_frame_is_bad_json(service):
+    async with Widget() as w:
+        await w.communicator.send_to(bytes_data=b"\x00\x01")
+        assert (await w.error())["code"] == "bad_json"
+
+
+async def test_a_second_hello_is_refused(service):
+    async with Widget() as w:
+        await w.hello()
+        await w.send({"type": "hello", "visitor_token": None, "last_seq": 0})
+        assert (await w.error())["code"] == "already_started"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"), [("", "empty"), ("   ", "empty"), (None, "empty"), ("x" * 4001, "too_long")]
+)
+async def test_bad_text_gets_its_error_and_nothing_is_stored(service, text, code):
+    async with Widget() as w:
+        await w.hello()
+        await w.send({"type": "message", "text": text, "client_id": "c1"})
+        assert (await w.error())["code"] == code
+        echo = await w.say("still here")
+        assert echo["seq"] == 1
+    assert await database_sync_to_async(Message.objects.filter(role=Role.USER).count)() == 1
+
+
+async def test_feedback_on_an_ai_message_is_confirmed_and_elsewhere_is_bad_seq(service):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")
+        await w.message(2)
+        await w.send({"type": "feedback", "seq": 1, "value": "down"})
+        assert (await w.error())["code"] == "bad_seq"
+        await w.send({"type": "feedback", "seq": 77, "value": "down"})
+        assert (await w.error())["code"] == "bad_seq"
+        await w.send({"type": "feedback", "seq": "2", "value": "down"})
+        assert (await w.error())["code"] == "bad_seq"
+        await w.send({"type": "feedback", "seq": 2, "value": "down"})
+        ok = await w.receive_until(lambda f: f["type"] == "feedback_ok")
+        assert ok == {"type": "feedback_ok", "seq": 2, "value": "down"}
+    message = await database_sync_to_async(Message.objects.get)(seq=2)
+    assert message.feedback == "down"
+
+
+async def test_messages_over_the_rate_limit_are_refused_and_not_stored(service, settings):
+    settings.WIDGET_RATE_LIMIT = 3
+    async with Widget() as w:
+        await w.hello()
+        for n in range(3):
+            assert (await w.say(f"message {n}"))["type"] == "message"
+        await w.send({"type": "message", "text": "one too many", "client_id": "x"})
+        assert (await w.error())["code"] == "rate_limited"
+    texts = await database_sync_to_async(
+        lambda: list(Message.objects.filter(role=Role.USER).values_list("text", flat=True))
+    )()
+    assert "one too many" not in texts
+
+
+async def test_sockets_per_address_are_capped(service, settings):
+    settings.WIDGET_MAX_SOCKETS_PER_IP = 2
+    first, second, third = (
+        Widget(ip="198.51.100.7"),
+        Widget(ip="198.51.100.7"),
+        Widget(ip="198.51.100.7"),
+    )
+    assert (await first.connect())[0] and (await second.connect())[0]
+    connected, _ = await third.connect()
+    assert not connected
+    elsewhere = Widget(ip="198.51.100.8")
+    assert (await elsewhere.connect())[0]
+    await first.close()
+    fourth = Widget(ip="198.51.100.7")
+    assert (await fourth.connect())[0]
+    for w in (second, elsewhere, fourth):
+        await w.close()
+
+
+async def test_an_unknown_service_is_closed_with_4404(service):
+    w = Widget("no-such-service")
+    connected, _ = await w.connect()
+    assert connected
+    assert await w.communicator.receive_output(2) == {"type": "websocket.close", "code": 4404}
+
+
+async def test_origins_are_checked_against_the_service(service):
+    service.allowed_origins = "https://shop.example"
+    await database_sync_to_async(service.save)()
+    good = Widget(origin="https://shop.example")
+    assert (await good.connect())[0]
+    await good.close()
+    bad = Widget(origin="https://evil.example")
+    assert not (await bad.connect())[0]
+
+
+async def test_without_allowed_origins_only_the_same_host_may_connect(service):
+    same = Widget(origin="http://testserver")
+    assert (await same.connect())[0]
+    await same.close()
+    other = Widget(origin="https://evil.example")
+    assert not (await other.connect())[0]
+
+
+async def test_asking_for_a_person_hands_off_and_the_ai_goes_quiet(service):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("hi")
+        await w.message(2)
+        await w.send({"type": "request_human"})
+        handoff = await w.message(3)
+        assert (handoff["role"], handoff["text"]) == ("system", services.TEXT_HANDOFF)
+        status = await w.receive_until(lambda f: f["type"] == "status")
+        assert status["ai_paused"] is True
+        await w.say("How do I reset my password?")
+        assert await w.nothing(0.3)
+
+
+async def test_a_human_only_service_says_nothing_automated(service):
+    service.mode = Mode.HUMAN_ONLY
+    await database_sync_to_async(service.save)()
+    async with Widget() as w:
+        ready = await w.hello()
+        assert ready["greeting"] is None
+        await w.say("anyone there?")
+        status = await w.receive_until(lambda f: f["type"] == "status")
+        assert status["ai_paused"] is True
+        assert await w.nothing(0.3)
+
+
+async def test_the_customer_sees_the_agent_join_reply_and_hand_back(service, agent):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("hi")
+        await w.message(2)
+        conversation = await database_sync_to_async(Conversation.objects.get)()
+        await database_sync_to_async(services.conversation_take_over)(
+            conversation=conversation, agent=agent
+        )
+        joined = await w.message(3)
+        assert joined["text"] == "Alice has joined the conversation."
+        status = await w.receive_until(lambda f: f["type"] == "status")
+        assert (status["ai_paused"], status["agent"]) == (True, "Alice")
+        await database_sync_to_async(services.conversation_send_as_agent)(
+            conversation=conversation, agent=agent, text="<b>Hello</b>, I'm Alice"
+        )
+        human = await w.message(4)
+        assert (human["role"], human["author"], human["text"]) == (
+            "human",
+            "Alice",
+            "<b>Hello</b>, I'm Alice",
+        )
+
+
+async def test_ending_the_chat_closes_it_and_the_next_message_starts_anew(service):
+    async with Widget() as w:
+        await w.hello()
+        first = await w.say("hi")
+        await w.message(2)
+        await w.send({"type": "end"})
+        await w.receive_until(
+            lambda f: f["type"] == "message" and f["text"] == services.TEXT_CLOSED
+        )
+        again = await w.say("one more thing")
+        assert again["seq"] == 1
+        assert first["seq"] == 1
+    assert await database_sync_to_async(Conversation.objects.count)() == 2
+
+
+async def test_a_mode_change_reaches_a_socket_without_a_conversation(service, admin):
+    async with Widget() as w:
+        await w.hello()
+        await database_sync_to_async(services.service_set_mode)(
+            service=service, mode=Mode.AI_ONLY, user=admin
+        )
+        status = await w.receive_until(lambda f: f["type"] == "status")
+        assert (status["mode"], status["human_available"]) == ("ai_only", False)
+
+
+async def test_frames_are_json_text_that_escapes_nothing_it_should_not(service):
+    async with Widget() as w:
+        await w.hello()
+        echo = await w.say('<script>alert("x")</script>')
+        assert echo["text"] == '<script>alert("x")</script>'
+        raw = json.dumps(echo)
+        assert "script" in raw
