@@ -89,3 +89,30 @@ def admin(db, django_user_model):
 @pytest.fixture
 def stranger(db, django_user_model):
     return django_user_model.objects.create_user(username="eve", password="pw-eve")
+
+
+@pytest.fixture
+def redis_layer(settings):
+    """Switch the channel layer to channels-redis on the real Redis server."""
+    import redis
+
+    client = redis.Redis.from_url(settings.TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not reachable at {settings.TEST_REDIS_URL}")
+    client.flushdb()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": settings.TEST_REDIS_URL, "socket_timeout": None}],
+                "prefix": "handoff-test",
+            },
+        }
+    }
+    channel_layers.backends = {}
+    yield settings.CHANNEL_LAYERS
+    channel_layers.backends = {}
+    client.flushdb()
+    client.close()

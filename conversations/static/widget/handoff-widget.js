@@ -1,8 +1,9 @@
 /*!
  * Human Handoff customer widget. Plain JavaScript, no build step, no dependencies.
  * Embed: <script src="https://HOST/static/widget/handoff-widget.js" data-service="SLUG" async></script>
- * Protocol: SPEC §4 (WebSocket ws(s)://HOST/ws/chat/SLUG/, JSON text frames).
+ * Protocol: SPEC section 4 (WebSocket ws(s)://HOST/ws/chat/SLUG/, JSON text frames).
  * Every piece of customer, agent and AI text is set with textContent: it is hostile.
+ * The file is pure ASCII (\u escapes in strings) so a host page in any charset can load it.
  */
 (() => {
   'use strict';
@@ -10,7 +11,7 @@
   // Embedded twice (e.g. a tag manager and the page): the first copy wins.
   if (window.HandoffWidget && window.HandoffWidget.loaded) return;
 
-  const MAX_LEN = 4000;             // SPEC §3: message text ≤ 4,000 characters
+  const MAX_LEN = 4000;             // SPEC section 3: message text <= 4,000 characters
   const COUNTER_FROM = 3600;        // show "n / 4000" only when it matters
   const TYPING_THROTTLE_MS = 3000;  // at most one typing:on per 3 s
   const TYPING_IDLE_MS = 4000;      // typing:off after 4 s without keystrokes
@@ -115,8 +116,8 @@
     ended: false,           // the customer ended the chat; the next message starts a new one
     open: false,
   };
-  const seqs = new Map();    // seq → {node, role, text, clientId}: current conversation only
-  const pending = new Map(); // client_id → {text, node}: sent optimistically, not yet stored
+  const seqs = new Map();    // seq -> {node, role, text, clientId}: current conversation only
+  const pending = new Map(); // client_id -> {text, node}: sent optimistically, not yet stored
   let awaiting = [];         // client_ids sent on this socket, in order, with no answer yet
   let ws = null;
   let attempt = 0;
@@ -300,7 +301,7 @@ textarea:disabled { background: #f3f4f6; }
     'aria-controls': 'hh-panel', 'data-testid': 'hh-bubble',
   }, [icon('chat'), ui.badge]);
   ui.title = el('h2', { class: 'title', id: 'hh-title', text: title });
-  ui.conn = el('p', { class: 'conn', 'data-testid': 'hh-conn', text: 'Connecting…' });
+  ui.conn = el('p', { class: 'conn', 'data-testid': 'hh-conn', text: 'Connecting\u2026' });
   ui.close = el('button', {
     type: 'button', class: 'icon-btn', 'aria-label': 'Close chat', 'data-testid': 'hh-close',
   }, [icon('close')]);
@@ -309,14 +310,14 @@ textarea:disabled { background: #f3f4f6; }
     class: 'log', role: 'log', 'aria-live': 'polite', 'aria-relevant': 'additions',
     'aria-label': 'Conversation', tabindex: '0', 'data-testid': 'hh-log',
   });
-  ui.typingText = el('span', { text: 'Assistant is typing…' });
+  ui.typingText = el('span', { text: 'Assistant is typing\u2026' });
   ui.typing = el('div', { class: 'typing', 'data-testid': 'hh-typing', hidden: true }, [
     el('span', { class: 'dots', 'aria-hidden': 'true' }, [el('span'), el('span'), el('span')]),
     ui.typingText,
   ]);
   ui.notice = el('div', { class: 'notice', role: 'status', 'data-testid': 'hh-notice', hidden: true });
   ui.input = el('textarea', {
-    rows: '1', maxlength: String(MAX_LEN), placeholder: 'Type a message…',
+    rows: '1', maxlength: String(MAX_LEN), placeholder: 'Type a message\u2026',
     'aria-label': 'Type your message', 'aria-describedby': 'hh-counter', 'data-testid': 'hh-input',
   });
   ui.send = el('button', { type: 'submit', class: 'send', 'data-testid': 'hh-send', text: 'Send' });
@@ -515,7 +516,7 @@ textarea:disabled { background: #f3f4f6; }
   }
 
   function refreshPendingLabels() {
-    const text = state.connected ? 'Sending…' : 'Waiting for connection…';
+    const text = state.connected ? 'Sending\u2026' : 'Waiting for connection\u2026';
     for (const p of pending.values()) {
       const label = p.node.querySelector('.pending-label');
       if (label && label.textContent !== text) label.textContent = text;
@@ -534,7 +535,7 @@ textarea:disabled { background: #f3f4f6; }
     if (ws || state.unavailable) return;
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
-    setConn('connecting', attempt > 0 ? 'Reconnecting…' : 'Connecting…');
+    setConn('connecting', attempt > 0 ? 'Reconnecting\u2026' : 'Connecting\u2026');
     let sock;
     try {
       sock = new WebSocket(wsUrl);
@@ -585,7 +586,7 @@ textarea:disabled { background: #f3f4f6; }
   /** Exponential backoff with jitter; paused while the page is hidden. */
   function scheduleReconnect() {
     if (state.unavailable || reconnectTimer) return;
-    setConn('disconnected', 'Reconnecting…');
+    setConn('disconnected', 'Reconnecting\u2026');
     if (document.hidden) { waitingForVisible = true; return; }
     const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
     const delay = cap / 2 + Math.random() * (cap / 2);
@@ -717,7 +718,7 @@ textarea:disabled { background: #f3f4f6; }
   function onTyping(f) {
     if (!f.on) { hideRemoteTyping(); return; }
     const human = f.who === 'human' || (f.who === undefined && state.agent);
-    ui.typingText.textContent = human ? (state.agent || 'An agent') + ' is typing…' : 'Assistant is typing…';
+    ui.typingText.textContent = human ? (state.agent || 'An agent') + ' is typing\u2026' : 'Assistant is typing\u2026';
     ui.typing.hidden = false;
     clearTimeout(remoteTypingTimer);
     remoteTypingTimer = setTimeout(hideRemoteTyping, REMOTE_TYPING_TTL_MS);
