@@ -116,3 +116,183 @@ def redis_layer(settings):
     channel_layers.backends = {}
     client.flushdb()
     client.close()
+
+
+def _wait_for(predicate, *, timeout: float, what: str, proc=None) -> None:
+    """Poll `predicate` until it holds; fail with the process output if it never does."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"{what} exited early with {proc.returncode}:\n{out}")
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not come up within {timeout} s")
+
+
+def server_env(settings, *, redis: bool) -> dict[str, str]:
+    """Environment for a product process sharing this test session's database."""
+    import os
+
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "handoff.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DEBUG": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if redis:
+        env["REDIS_URL"] = settings.TEST_REDIS_URL
+        env["CELERY_BROKER_URL"] = settings.TEST_BROKER_URL
+        env["CHANNEL_PREFIX"] = "handoff-test"
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker):
+    """A real `celery -A handoff worker` on the Redis broker, against the test database."""
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from handoff.celery import app
+
+    env = server_env(settings, redis=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "handoff",
+            "worker",
+            "--pool=threads",
+            "--concurrency=4",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname=test-worker@%h",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    saved = dict(app.conf)
+    app.conf.update(broker_url=settings.TEST_BROKER_URL, task_always_eager=False)
+    app._pool = None
+    try:
+        _wait_for(
+            lambda: bool(app.control.ping(timeout=0.5)), timeout=30, what="celery worker", proc=proc
+        )
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        app.conf.update(
+            broker_url=saved["broker_url"], task_always_eager=saved["task_always_eager"]
+        )
+        app._pool = None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker):
+    """The product served by a real daphne process on the embedded layer and test database."""
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--websocket-max-message-size",
+            "65536",
+            "handoff.asgi:application",
+        ],
+        env=server_env(settings, redis=False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: _port_open(port), timeout=30, what="daphne", proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop on the test thread; the ORM calls of browser
+    # tests (and their database flushes) are plain blocking calls between browser steps.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+            )
+            yield browser
+            browser.close()
+    finally:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture
+def artifacts():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path

@@ -69,7 +69,11 @@ class Command(BaseCommand):
         for username, first, last, superuser in DEMO_USERS:
             user, created = User.objects.get_or_create(
                 username=username,
-                defaults={"first_name": first, "last_name": last, "email": f"{username}@example.com"},
+                defaults={
+                    "first_name": first,
+                    "last_name": last,
+                    "email": f"{username}@example.com",
+                },
             )
             if created:
                 user.set_password(password)

@@ -1,0 +1,66 @@
+"""The conversation engine's Celery tasks: idempotent, ids in, safe to run twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from conversations import services, tasks
+from conversations.models import Conversation, Message, Role
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def question(service):
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    # Outside the captured on-commit callbacks the reply task is not run: we run it by hand.
+    return services.conversation_post_customer_message(
+        visitor=visitor, text="How do I reset my password?", client_id="q"
+    ).message
+
+
+def run_reply(message: Message) -> int | None:
+    conversation = Conversation.objects.get(pk=message.conversation_id)
+    return tasks.generate_ai_reply.apply(
+        args=[str(conversation.pk), message.pk, conversation.ai_epoch]
+    ).get()
+
+
+def test_the_reply_task_answers_once_however_often_it_runs(question):
+    assert run_reply(question) == 2
+    assert run_reply(question) is None
+    assert Message.objects.filter(role=Role.AI).count() == 1
+
+
+def test_the_reply_task_for_a_deleted_message_does_nothing(question):
+    conversation_id = str(question.conversation_id)
+    message_id = question.pk
+    Message.objects.filter(pk=message_id).delete()
+    assert tasks.generate_ai_reply.apply(args=[conversation_id, message_id, 0]).get() is None
+
+
+def test_a_reply_task_from_before_a_pause_posts_nothing(question, agent):
+    epoch = Conversation.objects.get(pk=question.conversation_id).ai_epoch
+    services.conversation_take_over(conversation=question.conversation, agent=agent)
+    services.conversation_resume_ai(conversation=question.conversation, user=agent)
+    result = tasks.generate_ai_reply.apply(args=[str(question.conversation_id), question.pk, epoch])
+    assert result.get() is None
+    assert not Message.objects.filter(role=Role.AI).exists()
+
+
+def test_dispatch_survives_a_broker_that_is_down(question, caplog):
+    from handoff.celery import app
+
+    saved = app.conf.task_always_eager, app.conf.broker_url
+    app.conf.update(task_always_eager=False, broker_url="redis://127.0.0.1:1/0")
+    app._pool = None
+    try:
+        tasks.dispatch(tasks.close_idle_conversations)
+    finally:
+        app.conf.update(task_always_eager=saved[0], broker_url=saved[1])
+        app._pool = None
+    assert "could not enqueue" in caplog.text
+
+
+def test_close_idle_conversations_closes_nothing_fresh(question):
+    assert tasks.close_idle_conversations.apply().get() == 0
