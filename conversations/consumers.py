@@ -119,7 +119,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await getattr(self, f"on_{kind}")(content)
         except services.HandoffError as error:
-            await self.send_error(error.code, error.detail)
+            await self.send_error(error.code, error.detail, content.get("client_id"))
         except Exception:
             # A bad frame must never take the socket down with a 1011.
             logger.exception("widget frame %s failed", kind)
@@ -163,7 +163,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_message(self, content: dict) -> None:
         if not await database_sync_to_async(self._within_rate_limit)():
             await self.send_error(
-                "rate_limited", "You're sending messages too quickly. Please wait a moment."
+                "rate_limited",
+                "You're sending messages too quickly. Please wait a moment.",
+                content.get("client_id"),
             )
             return
         posted = await database_sync_to_async(services.conversation_post_customer_message)(
@@ -270,5 +272,5 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_json(self, content: dict) -> None:
         await self.send(text_data=json.dumps(content))
 
-    async def send_error(self, code: str, detail: str) -> None:
-        await self.send_json(protocol.error_frame(code, detail))
+    async def send_error(self, code: str, detail: str, client_id: object = None) -> None:
+        await self.send_json(protocol.error_frame(code, detail, client_id))

@@ -61,10 +61,11 @@ class FeedbackOkFrame(TypedDict):
     value: str
 
 
-class ErrorFrame(TypedDict):
+class ErrorFrame(TypedDict, total=False):
     type: Literal["error"]
     code: str
     detail: str
+    client_id: str  # the refused message's, so the widget restores the right draft
 
 
 def display_name(user) -> str:
@@ -136,8 +137,11 @@ def feedback_ok_frame(message: Message) -> FeedbackOkFrame:
     return {"type": "feedback_ok", "seq": message.seq, "value": message.feedback or ""}
 
 
-def error_frame(code: str, detail: str) -> ErrorFrame:
-    return {"type": "error", "code": code, "detail": detail}
+def error_frame(code: str, detail: str, client_id: object = None) -> ErrorFrame:
+    frame: ErrorFrame = {"type": "error", "code": code, "detail": detail}
+    if isinstance(client_id, str) and len(client_id) <= 64:
+        frame["client_id"] = client_id
+    return frame
 
 
 def _group_send(group: str, frame: dict, layer_type: str = "widget.frame") -> None:

@@ -127,7 +127,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": BASE_DIR / "db.sqlite3",
+            "NAME": env("SQLITE_PATH") or BASE_DIR / "db.sqlite3",
             # Several threads (the ASGI server, in-process tasks) write to one file.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
         }

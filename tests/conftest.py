@@ -153,6 +153,15 @@ def server_env(settings, *, redis: bool) -> dict[str, str]:
     return env
 
 
+def use_broker(app, url: str, *, eager: bool) -> None:
+    """Point this process's Celery app at another broker, dropping its pooled connections."""
+    app.conf.update(broker_url=url, task_always_eager=eager)
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker):
     """A real `celery -A handoff worker` on the Redis broker, against the test database."""
@@ -184,9 +193,8 @@ def celery_worker(django_db_setup, django_db_blocker):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    saved = dict(app.conf)
-    app.conf.update(broker_url=settings.TEST_BROKER_URL, task_always_eager=False)
-    app._pool = None
+    saved = app.conf.broker_url, app.conf.task_always_eager
+    use_broker(app, settings.TEST_BROKER_URL, eager=False)
     try:
         _wait_for(
             lambda: bool(app.control.ping(timeout=0.5)), timeout=30, what="celery worker", proc=proc
@@ -198,10 +206,7 @@ def celery_worker(django_db_setup, django_db_blocker):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        app.conf.update(
-            broker_url=saved["broker_url"], task_always_eager=saved["task_always_eager"]
-        )
-        app._pool = None
+        use_broker(app, saved[0], eager=saved[1])
 
 
 def _free_port() -> int:
@@ -268,9 +273,12 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    """Debian's Chromium driven by Playwright (never a downloaded browser).
+
+    Module-scoped: Playwright's loop must be gone before the next module's async tests.
+    """
     import os
 
     from playwright.sync_api import sync_playwright

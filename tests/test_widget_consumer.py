@@ -137,7 +137,8 @@ async def test_bad_text_gets_its_error_and_nothing_is_stored(service, text, code
     async with Widget() as w:
         await w.hello()
         await w.send({"type": "message", "text": text, "client_id": "c1"})
-        assert (await w.error())["code"] == code
+        error = await w.error()
+        assert (error["code"], error["client_id"]) == (code, "c1")
         echo = await w.say("still here")
         assert echo["seq"] == 1
     assert await database_sync_to_async(Message.objects.filter(role=Role.USER).count)() == 1
