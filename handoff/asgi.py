@@ -14,6 +14,31 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from handoff.routing import websocket_urlpatterns  # noqa: E402
 
+
+def _close_oversized_frames_with_1009() -> None:
+    """Make daphne answer a frame over its size limit with close 1009, not a dropped socket.
+
+    daphne's websocket engine (autobahn) drops the TCP connection on a protocol failure by
+    default, so a client only sees 1006. The contract promises 1009 (SPEC §9).
+    """
+    try:
+        from autobahn.websocket.protocol import WebSocketServerFactory
+    except ImportError:  # not served by daphne
+        return
+    if getattr(WebSocketServerFactory, "_handoff_clean_close", False):
+        return
+    reset = WebSocketServerFactory.resetProtocolOptions
+
+    def reset_protocol_options(self) -> None:
+        reset(self)
+        self.failByDrop = False
+
+    WebSocketServerFactory.resetProtocolOptions = reset_protocol_options
+    WebSocketServerFactory._handoff_clean_close = True
+
+
+_close_oversized_frames_with_1009()
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,

@@ -302,3 +302,32 @@ async def test_frames_are_json_text_that_escapes_nothing_it_should_not(service):
         assert echo["text"] == '<script>alert("x")</script>'
         raw = json.dumps(echo)
         assert "script" in raw
+
+
+async def test_the_location_comes_from_the_time_zone_when_the_address_is_private(service):
+    async with Widget(ip="10.1.2.3") as w:
+        await w.hello(timezone="Europe/Berlin")
+        await w.say("hello")
+    visitor = await database_sync_to_async(lambda: Conversation.objects.get().visitor)()
+    assert (visitor.city, visitor.country) == ("Berlin", "Germany")
+
+
+async def test_the_country_comes_from_the_client_address_when_it_is_public(service):
+    async with Widget(ip="8.8.8.8") as w:
+        await w.hello(timezone="Europe/Berlin")
+        await w.say("hello")
+    visitor = await database_sync_to_async(lambda: Conversation.objects.get().visitor)()
+    assert visitor.country == "United States"
+
+
+async def test_the_visitor_token_never_reaches_the_logs(service, caplog):
+    caplog.set_level("DEBUG")
+    async with Widget() as w:
+        await w.hello()
+        await w.say("hi")
+        await w.send({"type": "hello", "visitor_token": w.token, "last_seq": 0})
+        await w.error()
+        token = w.token
+    assert caplog.records
+    assert token not in caplog.text
+    assert token.split(":")[0] not in caplog.text

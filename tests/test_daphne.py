@@ -1,0 +1,56 @@
+"""What daphne itself enforces, run as the Procfile runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import websockets
+from channels.db import database_sync_to_async
+
+from tests.conftest import make_service
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def service(transactional_db):
+    return make_service()
+
+
+def ws_url(live_server_url: str, slug: str = "support") -> str:
+    return live_server_url.replace("http://", "ws://") + f"/ws/chat/{slug}/"
+
+
+async def test_a_frame_over_64_kib_is_refused_by_the_server_with_1009(service, live_server_url):
+    async with websockets.connect(ws_url(live_server_url), max_size=None) as socket:
+        await socket.send(json.dumps({"type": "hello", "visitor_token": None, "last_seq": 0}))
+        assert json.loads(await socket.recv())["type"] == "ready"
+        await socket.send(json.dumps({"type": "message", "text": "x" * 70_000, "client_id": "big"}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd.code == 1009
+    from conversations.models import Message
+
+    assert await database_sync_to_async(Message.objects.count)() == 0
+
+
+async def test_a_frame_just_under_the_limit_gets_too_long_and_the_socket_stays(
+    service, live_server_url
+):
+    async with websockets.connect(ws_url(live_server_url)) as socket:
+        await socket.send(json.dumps({"type": "hello", "visitor_token": None, "last_seq": 0}))
+        await socket.recv()
+        await socket.send(json.dumps({"type": "message", "text": "y" * 60_000, "client_id": "a"}))
+        error = json.loads(await socket.recv())
+        assert (error["type"], error["code"]) == ("error", "too_long")
+        await socket.send(json.dumps({"type": "message", "text": "ok", "client_id": "b"}))
+        echo = json.loads(await socket.recv())
+        assert (echo["type"], echo["seq"]) == ("message", 1)
+
+
+async def test_an_unknown_service_closes_with_4404_over_the_wire(service, live_server_url):
+    async with websockets.connect(ws_url(live_server_url, "nope")) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd.code == 4404
