@@ -14,6 +14,7 @@ from django.core.cache import cache
 
 from conversations import geo, protocol, selectors, services
 from conversations.models import Conversation, Service, Visitor
+from handoff import inprocess_beat
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- Connection ---------------------------------------------------------------------
 
     async def connect(self) -> None:
+        inprocess_beat.ensure_started()
         slug = self.scope["url_route"]["kwargs"]["slug"]
         self.service = await database_sync_to_async(Service.objects.filter(slug=slug).first)()
         if self.service is None:

@@ -809,6 +809,24 @@ def conversation_expire_wait(*, conversation_id, now: datetime | None = None) ->
     return True
 
 
+def conversations_expire_waits(*, now: datetime | None = None, batch: int = 200) -> int:
+    """Resume the AI wherever a handoff waited past its service's limit; returns how many."""
+    now = now or timezone.now()
+    candidates = (
+        Conversation.objects.filter(
+            status=Status.OPEN,
+            ai_paused=True,
+            claimed_by__isnull=True,
+            waiting_since__isnull=False,
+            service__mode=Mode.HUMAN_SUPPORTED,
+            service__handoff_wait_seconds__gt=0,
+        )
+        .order_by("waiting_since")
+        .values_list("pk", flat=True)[:batch]
+    )
+    return sum(conversation_expire_wait(conversation_id=pk, now=now) for pk in list(candidates))
+
+
 def conversations_close_idle(*, now: datetime | None = None, batch: int = 200) -> int:
     """Close open conversations idle past CONVERSATION_IDLE_MINUTES; returns how many."""
     now = now or timezone.now()

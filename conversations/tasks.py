@@ -83,3 +83,9 @@ def expire_handoff_wait(conversation_id: str) -> bool:
 def close_idle_conversations() -> int:
     """Close conversations idle past CONVERSATION_IDLE_MINUTES (run by beat)."""
     return services.conversations_close_idle()
+
+
+@shared_task(autoretry_for=TRANSIENT, retry_backoff=True, max_retries=3)
+def expire_handoff_waits() -> int:
+    """Sweep for handoffs that waited too long (run by beat; backs up the per-wait timer)."""
+    return services.conversations_expire_waits()

@@ -205,7 +205,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "conversations.tasks.close_idle_conversations",
         "schedule": 60.0,
     },
+    "expire-handoff-waits": {
+        "task": "conversations.tasks.expire_handoff_waits",
+        "schedule": 15.0,
+    },
 }
+# Without a beat process (the embedded default) the web process runs the schedule itself.
+HANDOFF_INPROCESS_BEAT = envbool("HANDOFF_INPROCESS_BEAT", EMBEDDED)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

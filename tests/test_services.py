@@ -455,3 +455,16 @@ def test_the_profile_is_kept_small_and_clean(service):
     assert big.profile == {}
     odd, _ = services.visitor_identify(service=service, token=None, profile={"a": "\x00\ud800"})
     assert odd.profile == {"a": "\ufffd"}
+
+
+def test_the_wait_sweep_resumes_only_handoffs_past_their_limit(say, visitor, service, agent):
+    service.handoff_wait_seconds = 60
+    service.save()
+    conversation = say("hi").conversation
+    services.conversation_request_human(visitor=visitor)
+    assert services.conversations_expire_waits() == 0
+    later = timezone.now() + timedelta(seconds=61)
+    assert services.conversations_expire_waits(now=later) == 1
+    conversation.refresh_from_db()
+    assert conversation.ai_paused is False
+    assert services.conversations_expire_waits(now=later) == 0

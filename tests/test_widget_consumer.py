@@ -331,3 +331,39 @@ async def test_the_visitor_token_never_reaches_the_logs(service, caplog):
     assert caplog.records
     assert token not in caplog.text
     assert token.split(":")[0] not in caplog.text
+
+
+async def test_the_in_process_schedule_expires_a_handoff_wait_on_the_embedded_default(
+    service, settings, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from handoff import inprocess_beat
+
+    settings.HANDOFF_INPROCESS_BEAT = True
+    settings.CELERY_BEAT_SCHEDULE = {
+        "expire": {"task": "conversations.tasks.expire_handoff_waits", "schedule": 0.05}
+    }
+    monkeypatch.setattr(inprocess_beat, "_task", None)
+    async with Widget() as w:  # the first socket starts the schedule
+        assert inprocess_beat._task is not None
+        await w.hello()
+        await w.say("hi")
+        await w.send({"type": "request_human"})
+        await w.receive_until(lambda f: f["type"] == "status" and f["ai_paused"])
+        await database_sync_to_async(
+            lambda: Conversation.objects.update(
+                waiting_since=timezone.now() - timedelta(seconds=service.handoff_wait_seconds + 1)
+            )
+        )()
+        try:
+            expired = await w.receive_until(
+                lambda f: f["type"] == "message" and f["text"] == services.TEXT_WAIT_EXPIRED
+            )
+            assert expired["role"] == "system"
+            status = await w.receive_until(lambda f: f["type"] == "status")
+            assert status["ai_paused"] is False
+        finally:
+            inprocess_beat._task.cancel()
