@@ -167,6 +167,8 @@ class Conversation(models.Model):
         related_name="claimed_conversations",
     )
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The last take-over: attention raised before it has been seen by a human.
+    attention_acknowledged_at = models.DateTimeField(null=True, blank=True)
     # Set while the AI is paused and nobody holds the conversation (the handoff queue).
     waiting_since = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(auto_now_add=True)

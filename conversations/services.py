@@ -642,6 +642,7 @@ def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUse
         )
         if service.mode == Mode.AI_ONLY:
             raise ModeDisallows("Agents cannot take over conversations in AI Only mode.")
+        now = timezone.now()
         # The conditional update is the claim: concurrent updaters queue on the row lock and
         # re-check `claimed_by IS NULL` against the winner's row, so only one updates a row.
         # It must filter this table's columns only: a join would turn the check into a
@@ -650,7 +651,8 @@ def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUse
             pk=conversation.pk, status=Status.OPEN, claimed_by__isnull=True
         ).update(
             claimed_by=agent,
-            claimed_at=timezone.now(),
+            claimed_at=now,
+            attention_acknowledged_at=now,
             ai_paused=True,
             ai_epoch=F("ai_epoch") + 1,
             waiting_since=None,
@@ -845,6 +847,18 @@ def conversations_close_idle(*, now: datetime | None = None, batch: int = 200) -
                 _close(conversation, actor=None, actor_kind="system", reason="idle")
                 closed += 1
     return closed
+
+
+def conversation_touch(*, conversation: Conversation) -> Conversation:
+    """Bump the version of a locked conversation whose card changed outside this module."""
+    conversation.version += 1
+    conversation.save(update_fields=["version"])
+    return conversation
+
+
+def conversation_lock(conversation_id) -> Conversation:
+    """Lock a conversation for the rest of the caller's transaction (other apps' writes)."""
+    return _locked(conversation_id)
 
 
 # --- Modes -----------------------------------------------------------------------------------
