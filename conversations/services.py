@@ -612,6 +612,8 @@ def conversation_post_ai_message(
                 previous=previous,
                 specialist=specialist.name,
             )
+        # The responder's own verdict travels in the evidence; escalation decides `non_answer`.
+        evidence = {**(evidence or {}), "non_answer": non_answer}
         message = _append(
             conversation,
             role=Role.AI,
@@ -621,9 +623,6 @@ def conversation_post_ai_message(
             evidence=evidence,
             actor_kind="ai",
         )
-        if non_answer is not None:
-            message.non_answer = non_answer
-            message.save(update_fields=["non_answer"])
     return message
 
 

@@ -6,3 +6,12 @@ from django.apps import AppConfig
 class EscalationConfig(AppConfig):
     name = "escalation"
     verbose_name = "Escalation"
+
+    def ready(self) -> None:
+        from conversations import events
+        from escalation import subscribers
+
+        events.subscribe(events.MessagePosted, subscribers.on_message_posted)
+        events.subscribe(events.FeedbackGiven, subscribers.on_feedback)
+        events.subscribe(events.HumanRequested, subscribers.on_human_requested)
+        events.subscribe(events.ConversationChanged, subscribers.on_conversation_changed)

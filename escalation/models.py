@@ -52,7 +52,9 @@ class EscalationPolicy(models.Model):
     repeated_failures_action = models.CharField(
         max_length=10, choices=Action.choices, default=Action.HANDOFF
     )
-    thumbs_down_action = models.CharField(max_length=10, choices=Action.choices, default=Action.FLAG)
+    thumbs_down_action = models.CharField(
+        max_length=10, choices=Action.choices, default=Action.FLAG
+    )
 
     class Meta:
         verbose_name_plural = "escalation policies"

@@ -209,6 +209,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "conversations.tasks.expire_handoff_waits",
         "schedule": 15.0,
     },
+    "score-unscored-messages": {
+        "task": "escalation.tasks.score_unscored_messages",
+        "schedule": 30.0,
+    },
 }
 # Without a beat process (the embedded default) the web process runs the schedule itself.
 HANDOFF_INPROCESS_BEAT = envbool("HANDOFF_INPROCESS_BEAT", EMBEDDED)

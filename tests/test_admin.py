@@ -83,6 +83,8 @@ def test_a_mode_changed_in_the_admin_is_applied_to_open_conversations(
         "specialists-INITIAL_FORMS": 0,
         "specialists-MIN_NUM_FORMS": 0,
         "specialists-MAX_NUM_FORMS": 1000,
+        "escalation_policy-TOTAL_FORMS": 0,
+        "escalation_policy-INITIAL_FORMS": 0,
     }
     response = superuser_client.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]
@@ -106,6 +108,8 @@ def test_bad_allowed_origins_are_refused_with_a_clear_message(superuser_client, 
             "handoff_wait_seconds": 300,
             "specialists-TOTAL_FORMS": 0,
             "specialists-INITIAL_FORMS": 0,
+            "escalation_policy-TOTAL_FORMS": 0,
+            "escalation_policy-INITIAL_FORMS": 0,
         },
     )
     assert response.status_code == 200

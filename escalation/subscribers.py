@@ -1,0 +1,32 @@
+"""How escalation reacts to the conversation engine's events: each calls one service or task."""
+
+from __future__ import annotations
+
+from conversations import events
+from conversations.tasks import dispatch
+from escalation import services, tasks
+
+WAITING_CHANGES = {"started", "handed_off", "released", "mode_applied"}
+
+
+def on_message_posted(event: events.MessagePosted) -> None:
+    if event.role == "user":
+        services.message_screen(message_id=event.message_id)
+        dispatch(tasks.score_sentiment, event.message_id)
+    elif event.role == "ai":
+        dispatch(tasks.check_answer, event.message_id)
+
+
+def on_feedback(event: events.FeedbackGiven) -> None:
+    services.feedback_received(message_id=event.message_id, value=event.value)
+
+
+def on_human_requested(event: events.HumanRequested) -> None:
+    services.human_requested(
+        conversation_id=event.conversation_id, message_id=event.message_id, source=event.source
+    )
+
+
+def on_conversation_changed(event: events.ConversationChanged) -> None:
+    if event.change in WAITING_CHANGES:
+        services.conversation_flag_waiting(conversation_id=event.conversation_id)
