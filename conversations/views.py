@@ -15,8 +15,10 @@ def widget_demo(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    """Send people to the console, or to the first demo page when there is no console yet."""
+    """Agents go to their console; everyone else to the first widget demo page."""
+    if request.user.is_authenticated:
+        return redirect("console")
     service = Service.objects.order_by("name").first()
     if service is None:
-        return redirect("admin:index")
+        return redirect("console")
     return redirect("conversations:widget-demo", slug=service.slug)

@@ -63,7 +63,8 @@ def sentiment_score(text: str) -> float:
     """Return the VADER compound score (-1..1) of one customer message."""
     if not text or not text.strip():
         return 0.0
-    # polarity_scores only reads the shared lexicon, so concurrent calls are safe.
+    # polarity_scores only reads the shared lexicon, so concurrent calls are safe; VADER's
+    # negation list spells contractions with a plain apostrophe ("don't"), hence _plain.
     return float(_get_analyzer().polarity_scores(_plain(text))["compound"])
 
 
@@ -71,26 +72,25 @@ def sentiment_score(text: str) -> float:
 SINGLE_MESSAGE_MARGIN = 0.25
 
 
+# The rule. `scores` are the compound scores of the customer's messages, oldest first; `recent`
+# is the last `window` of them (all of them when there are fewer; a window below 1 counts as 1):
+# - "vader_window": mean(recent) <= threshold, so one bad moment among calm ones does not flag;
+# - "vader_single": the newest score <= max(threshold - 0.25, -1.0), so one furious message
+#   counts at once, even right after a calm one.
+# No scores never match.
 def detect_negative_sentiment(
     scores: Sequence[float], *, threshold: float = -0.5, window: int = 2
 ) -> Detection:
-    """Decide whether the customer's recent sentiment crosses `threshold`.
-
-    `scores` are the compound scores of the customer's messages, oldest first. With `recent`
-    the last `window` scores (all of them when there are fewer; a window below 1 counts as 1):
-
-    - rule "vader_window": mean(recent) <= threshold, or
-    - rule "vader_single": the newest score <= max(threshold - 0.25, -1.0), so one furious
-      message counts at once even after a calm one.
-
-    No scores never match.
-    """
+    """Decide whether the customer's recent sentiment crosses `threshold`."""
     window = max(1, int(window))
     recent = [float(s) for s in scores[-window:]]
     cutoff = max(threshold - SINGLE_MESSAGE_MARGIN, -1.0)
     if not recent:
-        return Detection(False, "vader_window", {"scores": [], "mean": None,
-                                                 "threshold": threshold, "window": window})
+        return Detection(
+            False,
+            "vader_window",
+            {"scores": [], "mean": None, "threshold": threshold, "window": window},
+        )
     mean = round(sum(recent) / len(recent), 4)
     evidence: dict[str, Any] = {
         "scores": recent,
@@ -249,7 +249,7 @@ def _negation_before(text: str, start: int) -> str | None:
     """Return the negating words in the clause just before `start`, if any."""
     before = text[:start]
     breaks = list(_CLAUSE_BREAK.finditer(before))
-    clause = before[breaks[-1].end():] if breaks else before
+    clause = before[breaks[-1].end() :] if breaks else before
     window = " ".join(clause.split()[-NEGATION_WORDS:])
     if _RHETORICAL.search(window):
         return None
@@ -263,25 +263,23 @@ def _is_someone_else(text: str, match: re.Match[str]) -> bool:
         return False
     return bool(
         _NOT_OUR_PERSON_BEFORE.search(text[: match.start("noun")])
-        or _NOT_OUR_PERSON_AFTER.match(text[match.end("noun"):])
+        or _NOT_OUR_PERSON_AFTER.match(text[match.end("noun") :])
     )
 
 
+# Named regex rules find the request; a match is dropped when the person is someone else's
+# ("my travel agent", "agent commission") and set aside when a negation precedes it in the same
+# clause ("I don't need a human"). Any one non-negated match decides (rule "phrase:<name>");
+# otherwise the first negated one is reported (rule "negated"), or nothing (rule "none").
 def detect_human_request(text: str) -> Detection:
-    """Detect an explicit request, in words, to talk to a human.
-
-    Named regex rules find the request; a match is dropped when the noun is someone else's
-    ("my travel agent") and ignored when a negation precedes it in the same clause ("I don't
-    need a human"). Any one non-negated match decides; otherwise the first negated one is
-    reported with rule "negated".
-    """
+    """Detect an explicit request, in words, to talk to a human."""
     plain = _plain(text or "")
     negated: Detection | None = None
     for name, pattern in _HUMAN_PATTERNS:
         for match in pattern.finditer(plain):
             if _is_someone_else(plain, match):
                 continue
-            phrase = text[match.start():match.end()].strip(" \t\n.,;:")
+            phrase = text[match.start() : match.end()].strip(" \t\n.,;:")
             negator = _negation_before(plain, match.start())
             if negator is None:
                 return Detection(True, f"phrase:{name}", {"phrase": phrase, "rule": name})
@@ -303,8 +301,9 @@ def _phrase_pattern(phrase: str) -> str:
     """Return the regex source matching `phrase` as a whole phrase, literally."""
     words = []
     for word in phrase.split():
-        escaped = "".join(_APOSTROPHE_CLASS if ch in "'\u2019\u2018\u02bc" else re.escape(ch)
-                          for ch in word)
+        escaped = "".join(
+            _APOSTROPHE_CLASS if ch in "'\u2019\u2018\u02bc" else re.escape(ch) for ch in word
+        )
         words.append(escaped)
     # (?<!\w)/(?!\w) are Unicode-aware word edges that also work next to "+" or "$".
     return r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
@@ -343,69 +342,95 @@ def detect_keywords(text: str, phrases: Sequence[str]) -> Detection:
 DEFAULT_CONFIDENCE_THRESHOLD = 0.35
 
 _I = r"(?:i|i'm|i\s+am|i've|i'd)"
-_CANT = r"(?:can't|cant|cannot|can\s+not|am\s+unable\s+to|'m\s+unable\s+to|am\s+not\s+able\s+to|" \
+_CANT = (
+    r"(?:can't|cant|cannot|can\s+not|am\s+unable\s+to|'m\s+unable\s+to|am\s+not\s+able\s+to|"
     r"'m\s+not\s+able\s+to|unable\s+to|couldn't|could\s+not|wasn't\s+able\s+to|was\s+unable\s+to)"
+)
 
 # Phrases that say the reply does not answer. Names are reported as evidence.
 _NON_ANSWER_RULES: tuple[tuple[str, str], ...] = (
-    ("apology_no_info",
-     r"\b(?:sorry|apologi[sz]e|unfortunately)\b[^.!?]{0,40}?\b(?:don't|do\s+not|dont|have\s+no|"
-     r"haven't|can't|cannot|couldn't|could\s+not|unable|not\s+able|no\s+information)\b"),
-    ("no_answer",
-     r"\bi\s+(?:don't|do\s+not|dont)\s+have\s+(?:an?\s+|any\s+|the\s+|a\s+good\s+|"
-     r"enough\s+|specific\s+|that\s+|this\s+|more\s+)?(?:answer|information|info|details|data|"
-     r"knowledge|access|visibility|record|way\s+to)\b|"
-     r"\bi\s+have\s+no\s+(?:information|info|details|data|knowledge|answer|access|record|idea)\b|"
-     r"\b(?:no|not\s+any)\s+(?:information|info|details|answer)\s+(?:about|on|for|regarding)\b|"
-     r"\b(?:isn't|is\s+not|aren't|are\s+not)\s+(?:available|accessible|visible)\s+to\s+me\b"),
-    ("dont_know",
-     r"\bi\s+(?:(?:honestly|really|just|simply)\s+)?(?:don't|do\s+not|dont)\s+"
-     r"(?:(?:really|actually)\s+)?know\b|"
-     r"\b(?:i'm|i\s+am)\s+(?:(?:honestly|really|just)\s+)?(?:not\s+(?:sure|certain)|unsure|"
-     r"uncertain|afraid\s+i\s+(?:don't|can't|cannot))\b|"
-     r"\bnot\s+(?:sure|certain)\s+(?:about|what|how|which|whether|if|i)\b"),
-    ("cannot_help",
-     rf"\b{_I}?\s*{_CANT}\s+(?:help|assist|answer|respond|provide|give|find|locate|access|see|"
-     r"view|look\s+up|check|process|do\s+that|support|verify|retrieve)\b"),
-    ("could_not_find",
-     r"\bi\s+(?:couldn't|could\s+not|can't|cannot|wasn't\s+able\s+to|was\s+unable\s+to|"
-     r"didn't|did\s+not)\s+(?:find|locate)\b|"
-     r"\b(?:no|nothing)\s+(?:results?|matches|matching\s+\w+|relevant\s+\w+)\b|"
-     r"\bnothing\s+(?:about|on|regarding)\s+(?:that|this)\b"),
-    ("dont_understand",
-     r"\bi\s+(?:don't|do\s+not|dont|didn't|did\s+not)\s+(?:quite\s+)?(?:understand|follow|"
-     r"get|catch)\b|\bnot\s+sure\s+(?:i|what\s+you)\s+(?:understand|mean|follow)\b"),
-    ("rephrase",
-     r"\b(?:rephrase|reword|rephrasing|say\s+(?:that|it)\s+(?:again|differently|another\s+way)|"
-     r"clarify\s+(?:what|your\s+question)|more\s+(?:details|context)\s+about\s+your\s+question)\b"),
-    ("trouble",
-     r"\bhaving\s+(?:some\s+)?(?:trouble|difficulty|difficulties|issues|problems)\s+"
-     r"(?:answering|responding|understanding|finding|connecting|right\s+now)\b|"
-     r"\bsomething\s+went\s+wrong\b|\btechnical\s+(?:difficulties|issues|problems)\b"),
-    ("out_of_scope",
-     r"\b(?:outside|beyond)\s+(?:of\s+)?(?:my|the)\s+(?:scope|knowledge|expertise|area)\b|"
-     r"\b(?:i\s+can|i'm\s+able\s+to|i\s+am\s+able\s+to)\s+only\s+(?:help|answer|assist)\b|"
-     r"\bi\s+(?:can\s+)?only\s+(?:help|answer|assist)\s+(?:with\s+)?(?:questions|topics)\b|"
-     r"\bnot\s+(?:something|a\s+topic|a\s+question)\s+i\s+can\s+(?:help|answer|assist)\b"),
-    ("as_an_ai",
-     r"\bas\s+an?\s+(?:ai|artificial\s+intelligence|language\s+model|virtual\s+assistant|bot)"
-     r"(?:\s+(?:language\s+model|model|assistant))?\b"),
-    ("deflect",
-     r"\b(?:please\s+|you(?:\s+(?:can|could|may|might|should|(?:will\s+)?need\s+to|"
-     r"(?:may|might)\s+want\s+to)|'ll\s+(?:need|want|have)\s+to|'d\s+(?:need|have)\s+to)\s+|"
-     r"(?:i'd|i\s+would)\s+(?:recommend|suggest|advise)\s+|(?:best|better)\s+to\s+|"
-     r"recommend\s+|suggest\s+|try\s+)"
-     r"(?:contact(?:ing)?|reach(?:ing)?\s+out\s+to|get(?:ting)?\s+in\s+touch\s+with|"
-     r"call(?:ing)?|email(?:ing)?|speak(?:ing)?\s+(?:to|with)|talk(?:ing)?\s+(?:to|with)|"
-     r"ask(?:ing)?)\s+"
-     r"(?:us\b|our\s+|the\s+|your\s+|a\s+)?(?:\w+\s+)?(?:support|customer\s+(?:service|support|"
-     r"care)|help\s?desk|team|administrator|admin|account\s+manager|human|person|agent|"
-     r"representative|member\s+of)\b|\bcontact\s+us\b"),
-    ("offer_human",
-     r"\bask\s+to\s+(?:talk|speak|chat)\s+(?:to|with)\b|"
-     r"\b(?:connect|transfer|put)\s+you\s+(?:through\s+)?(?:to|with)\b|"
-     r"\b(?:a\s+member\s+of\s+our|one\s+of\s+our|our)\s+(?:\w+\s+)?(?:team|agents?|colleagues?|"
-     r"staff)\s+(?:can|will|could|would|is\s+better)\b"),
+    (
+        "apology_no_info",
+        r"\b(?:sorry|apologi[sz]e|unfortunately)\b[^.!?]{0,40}?\b(?:don't|do\s+not|dont|have\s+no|"
+        r"haven't|can't|cannot|couldn't|could\s+not|unable|not\s+able|no\s+information)\b",
+    ),
+    (
+        "no_answer",
+        r"\bi\s+(?:don't|do\s+not|dont)\s+have\s+(?:an?\s+|any\s+|the\s+|a\s+good\s+|"
+        r"enough\s+|specific\s+|that\s+|this\s+|more\s+)?(?:answer|information|info|details|data|"
+        r"knowledge|access|visibility|record|way\s+to)\b|"
+        r"\bi\s+have\s+no\s+(?:information|info|details|data|knowledge|answer|access|record|idea)\b|"
+        r"\b(?:no|not\s+any)\s+(?:information|info|details|answer)\s+(?:about|on|for|regarding)\b|"
+        r"\b(?:isn't|is\s+not|aren't|are\s+not)\s+(?:available|accessible|visible)\s+to\s+me\b",
+    ),
+    (
+        "dont_know",
+        r"\bi\s+(?:(?:honestly|really|just|simply)\s+)?(?:don't|do\s+not|dont)\s+"
+        r"(?:(?:really|actually)\s+)?know\b|"
+        r"\b(?:i'm|i\s+am)\s+(?:(?:honestly|really|just)\s+)?(?:not\s+(?:sure|certain)|unsure|"
+        r"uncertain|afraid\s+i\s+(?:don't|can't|cannot))\b|"
+        r"\bnot\s+(?:sure|certain)\s+(?:about|what|how|which|whether|if|i)\b",
+    ),
+    (
+        "cannot_help",
+        rf"\b{_I}?\s*{_CANT}\s+(?:help|assist|answer|respond|provide|give|find|locate|access|see|"
+        r"view|look\s+up|check|process|do\s+that|support|verify|retrieve)\b",
+    ),
+    (
+        "could_not_find",
+        r"\bi\s+(?:couldn't|could\s+not|can't|cannot|wasn't\s+able\s+to|was\s+unable\s+to|"
+        r"didn't|did\s+not)\s+(?:find|locate)\b|"
+        r"\b(?:no|nothing)\s+(?:results?|matches|matching\s+\w+|relevant\s+\w+)\b|"
+        r"\bnothing\s+(?:about|on|regarding)\s+(?:that|this)\b",
+    ),
+    (
+        "dont_understand",
+        r"\bi\s+(?:don't|do\s+not|dont|didn't|did\s+not)\s+(?:quite\s+)?(?:understand|follow|"
+        r"get|catch)\b|\bnot\s+sure\s+(?:i|what\s+you)\s+(?:understand|mean|follow)\b",
+    ),
+    (
+        "rephrase",
+        r"\b(?:rephrase|reword|rephrasing|say\s+(?:that|it)\s+(?:again|differently|another\s+way)|"
+        r"clarify\s+(?:what|your\s+question)|more\s+(?:details|context)\s+about\s+your\s+question)\b",
+    ),
+    (
+        "trouble",
+        r"\bhaving\s+(?:some\s+)?(?:trouble|difficulty|difficulties|issues|problems)\s+"
+        r"(?:answering|responding|understanding|finding|connecting|right\s+now)\b|"
+        r"\bsomething\s+went\s+wrong\b|\btechnical\s+(?:difficulties|issues|problems)\b",
+    ),
+    (
+        "out_of_scope",
+        r"\b(?:outside|beyond)\s+(?:of\s+)?(?:my|the)\s+(?:scope|knowledge|expertise|area)\b|"
+        r"\b(?:i\s+can|i'm\s+able\s+to|i\s+am\s+able\s+to)\s+only\s+(?:help|answer|assist)\b|"
+        r"\bi\s+(?:can\s+)?only\s+(?:help|answer|assist)\s+(?:with\s+)?(?:questions|topics)\b|"
+        r"\bnot\s+(?:something|a\s+topic|a\s+question)\s+i\s+can\s+(?:help|answer|assist)\b",
+    ),
+    (
+        "as_an_ai",
+        r"\bas\s+an?\s+(?:ai|artificial\s+intelligence|language\s+model|virtual\s+assistant|bot)"
+        r"(?:\s+(?:language\s+model|model|assistant))?\b",
+    ),
+    (
+        "deflect",
+        r"\b(?:please\s+|you(?:\s+(?:can|could|may|might|should|(?:will\s+)?need\s+to|"
+        r"(?:may|might)\s+want\s+to)|'ll\s+(?:need|want|have)\s+to|'d\s+(?:need|have)\s+to)\s+|"
+        r"(?:i'd|i\s+would)\s+(?:recommend|suggest|advise)\s+|(?:best|better)\s+to\s+|"
+        r"recommend\s+|suggest\s+|try\s+)"
+        r"(?:contact(?:ing)?|reach(?:ing)?\s+out\s+to|get(?:ting)?\s+in\s+touch\s+with|"
+        r"call(?:ing)?|email(?:ing)?|speak(?:ing)?\s+(?:to|with)|talk(?:ing)?\s+(?:to|with)|"
+        r"ask(?:ing)?)\s+"
+        r"(?:us\b|our\s+|the\s+|your\s+|a\s+)?(?:\w+\s+)?(?:support|customer\s+(?:service|support|"
+        r"care)|help\s?desk|team|administrator|admin|account\s+manager|human|person|agent|"
+        r"representative|member\s+of)\b|\bcontact\s+us\b",
+    ),
+    (
+        "offer_human",
+        r"\bask\s+to\s+(?:talk|speak|chat)\s+(?:to|with)\b|"
+        r"\b(?:connect|transfer|put)\s+you\s+(?:through\s+)?(?:to|with)\b|"
+        r"\b(?:a\s+member\s+of\s+our|one\s+of\s+our|our)\s+(?:\w+\s+)?(?:team|agents?|colleagues?|"
+        r"staff)\s+(?:can|will|could|would|is\s+better)\b",
+    ),
 )
 _NON_ANSWER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _NON_ANSWER_RULES
@@ -448,6 +473,16 @@ def _substance(clause: str) -> bool:
     return bool(_SUBSTANCE.search(stripped)) or len(stripped.split()) >= SUBSTANCE_WORDS
 
 
+# The rule, in order:
+# 1. the responder's own flag says it did not answer (rule "responder");
+# 2. the knowledge-base confidence is below `threshold` (rule "kb_confidence");
+# 3. the text: split into clauses (sentences, and the parts around "but", "however", ";" and
+#    ":"), it is a non-answer when at least one clause has a non-answer phrase (apology for not
+#    knowing, "I don't know", "I can't help", "could you rephrase", "please contact support"…;
+#    rule = that phrase's name) and no other clause carries substance: a menu path, a number, a
+#    domain, an instruction verb, a leading yes/no, or five words or more that are neither a
+#    pleasantry nor a question back to the customer (else rule "substance"). An empty reply
+#    answers nothing (rule "empty"); a reply with no non-answer phrase answers (rule "none").
 def detect_non_answer(
     text: str,
     *,
@@ -455,17 +490,7 @@ def detect_non_answer(
     responder_non_answer: bool | None = None,
     threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
 ) -> Detection:
-    """Decide whether an AI reply fails to answer the customer.
-
-    In order: the responder's own flag (rule "responder"); a knowledge-base confidence below
-    `threshold` (rule "kb_confidence"); then the text. The text is split into clauses
-    (sentences, and the parts around "but"/"however"/";"/":"). It is a non-answer when at
-    least one clause has a non-answer phrase (apology for not knowing, "I don't know",
-    "I can't help", "could you rephrase", "please contact support"…) and no other clause
-    carries substance: a menu path, a number, a domain, an instruction verb, a yes/no, or at
-    least five words that are not a pleasantry or a question back. An empty reply answers
-    nothing (rule "empty").
-    """
+    """Decide whether an AI reply fails to answer the customer."""
     base = {"confidence": confidence}
     if responder_non_answer:
         return Detection(True, "responder", {"rule": "responder", "pattern": None, **base})
@@ -496,8 +521,9 @@ def detect_non_answer(
     if informative is not None:
         # A hedge or apology next to a real answer ("I'm not sure which plan you're on, but
         # both include SSO") still answers.
-        return Detection(False, "substance", {**evidence, "rule": "substance",
-                                              "substance": informative})
+        return Detection(
+            False, "substance", {**evidence, "rule": "substance", "substance": informative}
+        )
     return Detection(True, name, evidence)
 
 
