@@ -134,7 +134,7 @@ async def test_mode_changes_reach_every_console(service, admin, agent):
         assert {
             "type": "service",
             "service": {"slug": "support", "name": "Support", "mode": "human_only"},
-        } in events  # noqa: E501
+        } in events
         await verify_action(
             console, lambda: services.services_set_mode(mode=Mode.AI_ONLY, user=admin)
         )
