@@ -178,8 +178,9 @@ class Conversation(models.Model):
     # Also the last message's seq: messages are numbered 1..message_count.
     message_count = models.PositiveIntegerField(default=0)
     version = models.PositiveIntegerField(default=1)
-    # Bumped whenever the AI is paused: a reply generated under an older epoch is dropped,
-    # so the AI never talks over a human nor answers the backlog after a resume.
+    # Bumped whenever the AI is paused, or its pending reply was answered another way: a
+    # reply generated under an older epoch is dropped, so the AI never talks over a human
+    # nor answers the backlog after a resume.
     ai_epoch = models.PositiveIntegerField(default=0)
 
     class Meta:

@@ -498,6 +498,9 @@ def conversation_request_human(
             source=source,
         )
         if service.mode == Mode.AI_ONLY:
+            # The polite "no" is the answer: drop an AI reply still being written to it.
+            conversation.ai_epoch += 1
+            conversation.save(update_fields=["ai_epoch"])
             _append(conversation, role=Role.SYSTEM, text=TEXT_NO_HUMANS)
             return conversation
         events.publish(

@@ -157,26 +157,21 @@ class IsAdminOrReadOnly(BasePermission):
         return request.method in SAFE_METHODS or services.is_admin(request.user)
 
 
-class AgentAPIView(APIView):
+class NoStoreMixin:
+    """`Cache-Control: private, no-store` on every response, errors included."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        patch_cache_control(response, private=True, no_store=True)
+        return response
+
+
+class AgentAPIView(NoStoreMixin, APIView):
     """Token or session auth, agents only, never stored by a shared cache."""
 
     # Token first: an anonymous request gets 401 with `WWW-Authenticate: Token`, not 403.
     authentication_classes = [TokenAuthentication, SessionAuthentication]
     permission_classes = [IsAgent]
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
-        patch_cache_control(response, private=True, no_store=True)
-        return response
-
-
-class NoStoreMixin:
-    """`Cache-Control: private, no-store` for views that are not `AgentAPIView`s."""
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
-        patch_cache_control(response, private=True, no_store=True)
-        return response
 
 
 class SchemaView(NoStoreMixin, SpectacularAPIView):

@@ -54,7 +54,7 @@ def check_database() -> Check:
 
 
 async def _round_trip(layer) -> bool:
-    channel = await layer.new_channel("healthz.")
+    channel = await layer.new_channel("healthz")  # layers add the "." themselves
     nonce = uuid.uuid4().hex
     async with asyncio.timeout(TIMEOUT_SECONDS):
         await layer.send(channel, {"type": "healthz.ping", "nonce": nonce})

@@ -125,7 +125,7 @@ def _wait_for(predicate, *, timeout: float, what: str, proc=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
+            out = proc.stdout.read() if getattr(proc.stdout, "read", None) else ""
             pytest.fail(f"{what} exited early with {proc.returncode}:\n{out}")
         if predicate():
             return
@@ -162,50 +162,83 @@ def use_broker(app, url: str, *, eager: bool) -> None:
     app.amqp._producer_pool = None
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker):
-    """A real `celery -A handoff worker` on the Redis broker, against the test database."""
-    import subprocess
-    import sys
+class WorkerProcess:
+    """`celery -A handoff worker` as production runs it, logging to a file."""
 
+    def __init__(self, env: dict[str, str], log_path, name: str = "test-worker"):
+        self.env, self.log_path, self.name = env, log_path, name
+        self.proc = None
+
+    def start(self, app) -> None:
+        import subprocess
+        import sys
+
+        log = open(self.log_path, "a")  # noqa: SIM115 - the child process owns it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "handoff",
+                "worker",
+                "--pool=prefork",
+                "--concurrency=2",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                f"--hostname={self.name}@%h",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        _wait_for(
+            lambda: any(
+                key.startswith(f"{self.name}@")
+                for reply in app.control.ping(timeout=0.5)
+                for key in reply
+            ),
+            timeout=30,
+            what="celery worker",
+            proc=self.proc,
+        )
+
+    def stop(self, sig=None) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real Celery worker on the Redis broker, against the test database."""
     from django.conf import settings
 
     from handoff.celery import app
 
-    env = server_env(settings, redis=True)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "handoff",
-            "worker",
-            "--pool=threads",
-            "--concurrency=4",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname=test-worker@%h",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    worker = WorkerProcess(
+        server_env(settings, redis=True), tmp_path_factory.mktemp("worker") / "worker.log"
     )
     saved = app.conf.broker_url, app.conf.task_always_eager
     use_broker(app, settings.TEST_BROKER_URL, eager=False)
     try:
-        _wait_for(
-            lambda: bool(app.control.ping(timeout=0.5)), timeout=30, what="celery worker", proc=proc
-        )
-        yield proc
+        worker.start(app)
+        yield worker
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        worker.stop()
         use_broker(app, saved[0], eager=saved[1])
 
 

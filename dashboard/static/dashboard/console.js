@@ -266,11 +266,13 @@ async function apiCall(method, path, payload) {
   return { ok: false, status: resp.status, code: (data && data.code) || String(resp.status), detail, data };
 }
 
-function sameOrigin(url) {
+/** Follow a "next" link on this origin only (an absolute URL may name another scheme behind a proxy). */
+function samePath(url) {
   try {
-    return new URL(url, window.location.href).origin === window.location.origin;
+    const u = new URL(url, window.location.href);
+    return `${u.pathname}${u.search}`;
   } catch (err) {
-    return false;
+    return null;
   }
 }
 
@@ -280,6 +282,7 @@ let ws = null;
 let attempt = 0;
 let retryTimer = null;
 let hiddenAt = 0;
+let sessionLost = false; // the server refused us (4403): say so until a socket is accepted
 
 function wsUrl() {
   const url = new URL(cfg.wsUrl, window.location.href);
@@ -311,6 +314,10 @@ function connect() {
   socket.addEventListener("open", () => {
     if (ws !== socket) return;
     setConnection("connected");
+    if (sessionLost) {
+      sessionLost = false;
+      showPageError("");
+    }
     syncWatch();
   });
   socket.addEventListener("message", (ev) => {
@@ -331,7 +338,8 @@ function connect() {
     setConnection("disconnected");
     if (!state.snapshots) setText(dom.loading, "Waiting for the connection…");
     if (ev.code === 4403) {
-      showPageError("Your session has ended or this account can't use the console. Reload the page to sign in again.");
+      sessionLost = true;
+      showPageError("Your session has ended or this account can't use the console. Reload the page to sign in again.", { sticky: true });
       scheduleReconnect(30000);
       return;
     }
@@ -438,7 +446,6 @@ function applySnapshot(snap) {
   tombstones.clear();
   const services = Array.isArray(snap.services) ? snap.services : [];
   state.services = services.map((s) => ({ slug: s.slug, name: s.name || s.slug, mode: s.mode }));
-  renderServices();
 
   const seen = new Set();
   for (const svc of services) {
@@ -455,6 +462,7 @@ function applySnapshot(snap) {
   for (const id of Object.keys(state.cards)) {
     if (!seen.has(id)) removeCard(id, { tombstone: false });
   }
+  renderServices(); // after the cards, so sections of vanished services can go
   // Whatever the old socket watched, the snapshot is now the truth.
   if (state.watched && !seen.has(state.watched) && !state.closed && state.detail) markClosed();
 
@@ -485,7 +493,19 @@ function setCard(card, prev) {
   if (card.id === state.watched) {
     renderPanelHeader();
     renderPanel();
+    // Flags were raised or acknowledged: refresh the panel's flag list.
+    if (prev && (prev.reasons || []).join() !== (card.reasons || []).join()) refreshDetailSoon();
   }
+}
+
+let detailTimer = null;
+function refreshDetailSoon() {
+  window.clearTimeout(detailTimer);
+  const id = state.watched;
+  const token = openToken;
+  detailTimer = window.setTimeout(() => {
+    if (state.watched === id && token === openToken && !state.closed) loadDetail(id, token);
+  }, 400);
 }
 
 function removeCard(id, { tombstone = true } = {}) {
@@ -764,7 +784,8 @@ function openConversation(id, { focus = true } = {}) {
   showTranscriptState("Loading transcript…");
   clearPanelError();
   dom.reply.value = drafts.get(id) || "";
-  setAttr(P("flags-box"), "open", null);
+  P("flags-box").open = false;
+  P("profile-box").open = false;
 
   for (const cid of [previous, id]) {
     const card = cid && state.cards[cid];
@@ -875,7 +896,7 @@ async function loadMessages(id, token, afterSeq) {
       const list = Array.isArray(data) ? data : data && Array.isArray(data.results) ? data.results : [];
       list.forEach(upsertMessage);
       const next = !Array.isArray(data) && data ? data.next : null;
-      url = next && sameOrigin(next) ? next : null;
+      url = next ? samePath(next) : null;
       pages += 1;
     }
   } finally {
@@ -1026,8 +1047,8 @@ function renderInfo() {
   const detail = state.detail || {};
   const visitor = detail.visitor || {};
   const card = currentCard();
-  setText(dom.title, visitor.name || (state.detail ? "Anonymous visitor" : "Conversation"));
-  setText(P("visitor"), visitor.name || "Anonymous");
+  const city = (visitor.location && visitor.location.city) || (card && card.location && card.location.city);
+  setText(dom.title, visitor.name || (!state.detail ? "Conversation" : city ? `Visitor from ${city}` : "Anonymous visitor"));
 
   const email = P("email");
   setHidden(P("email-row"), !visitor.email);
@@ -1063,19 +1084,31 @@ function renderInfo() {
   const flags = Array.isArray(detail.flags) ? detail.flags : [];
   const box = P("flags-box");
   setHidden(box, flags.length === 0);
-  const open = flags.filter((fl) => !fl.acknowledged_at).length;
-  setText(P("flags-count"), open ? `${open} open · ${flags.length}` : flags.length);
-  if (open && state.detail && !box.dataset.autoOpened) {
-    box.open = true;
-    box.dataset.autoOpened = "true";
-  }
+  const open = flags.filter((fl) => !isAcknowledged(fl));
+  setText(P("flags-count"), flags.length);
+  // The summary line shows which flags are still open; details (evidence) on demand.
+  const openReasons = [...new Set(open.map((fl) => fl.reason))];
+  P("flags-open").replaceChildren(
+    ...openReasons.map((reason) => {
+      const badge = document.createElement("span");
+      badge.className = "hh-badge";
+      badge.dataset.reason = reason;
+      badge.textContent = labelFor(reason);
+      return badge;
+    }),
+  );
+  setAttr(box, "data-open-flags", String(open.length));
   P("flags").replaceChildren(...flags.map(flagItem));
+}
+
+function isAcknowledged(flag) {
+  return Boolean(flag.acknowledged_at) || flag.acknowledged === true;
 }
 
 function flagItem(flag) {
   const li = document.createElement("li");
   li.className = "hh-flag";
-  if (flag.acknowledged_at) li.dataset.acknowledged = "true";
+  if (isAcknowledged(flag)) li.dataset.acknowledged = "true";
   const badge = document.createElement("span");
   badge.className = "hh-badge";
   badge.dataset.reason = flag.reason;
@@ -1093,11 +1126,11 @@ function flagItem(flag) {
     p.textContent = evidence;
     li.append(p);
   }
-  if (flag.acknowledged_at) {
+  if (isAcknowledged(flag)) {
     const ack = document.createElement("span");
     ack.className = "hh-flag__ack";
     ack.textContent = "Acknowledged";
-    ack.title = absoluteTime(flag.acknowledged_at);
+    if (flag.acknowledged_at) ack.title = absoluteTime(flag.acknowledged_at);
     li.append(ack);
   }
   return li;
@@ -1117,7 +1150,7 @@ function renderPanel() {
   if (!state.watched) return;
   const card = currentCard();
   const svc = card ? serviceBySlug(card.service) : null;
-  const mode = svc ? svc.mode : null;
+  const mode = svc ? svc.mode : state.detail ? state.detail.mode : null;
   const claimer = card ? card.claimed_by : null;
   const mine = isMine(card);
   const other = Boolean(claimer) && !mine;
@@ -1153,11 +1186,18 @@ function renderPanel() {
   for (const btn of [dom.resume, dom.release, dom.close]) setDisabled(btn, busy);
   setHidden(P("actions"), !(canResume || canRelease || canClose));
   setAttr(dom.panel, "aria-busy", busy ? "true" : "false");
+  syncFoot();
+}
+
+/** A closed conversation has no controls: hide the footer unless it carries an error. */
+function syncFoot() {
+  setHidden(P("foot"), Boolean(state.closed) && dom.error.hidden);
 }
 
 function showPanelError(detail) {
   setText(dom.error, detail);
   setHidden(dom.error, !detail);
+  syncFoot();
 }
 
 function clearPanelError() {
@@ -1284,11 +1324,11 @@ async function setAllModes(mode) {
 }
 
 let pageErrorTimer = null;
-function showPageError(text) {
+function showPageError(text, { sticky = false } = {}) {
   setText(dom.pageErrorText, text);
   setHidden(dom.pageError, !text);
   window.clearTimeout(pageErrorTimer);
-  if (text) pageErrorTimer = window.setTimeout(() => setHidden(dom.pageError, true), 12000);
+  if (text && !sticky) pageErrorTimer = window.setTimeout(() => setHidden(dom.pageError, true), 12000);
 }
 
 // ---- Events ---------------------------------------------------------------------------
