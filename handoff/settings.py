@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "conversations",
     "escalation",
     "dashboard",
@@ -223,11 +224,17 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "dashboard.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Human Handoff API",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Docs assets are served from this host: consoles may run without internet access.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"ReasonEnum": "escalation.models.Reason"},
 }
 
 # The product's own knobs (SPEC §3, §7, §9).

@@ -11,5 +11,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("console/", console, name="console"),
+    path("", include("dashboard.urls")),
     path("", include("conversations.urls")),
 ]

@@ -155,9 +155,12 @@ def server_env(settings, *, redis: bool) -> dict[str, str]:
 
 def use_broker(app, url: str, *, eager: bool) -> None:
     """Point this process's Celery app at another broker, dropping its pooled connections."""
+    from kombu import pools
+
     app.conf.update(broker_url=url, task_always_eager=eager)
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # kombu keeps producer pools per broker address; drop them all so the next publish
+    # (eager tasks publish too) opens a fresh one for the new address.
+    pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
 
@@ -223,8 +226,7 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A real Celery worker on the Redis broker, against the test database."""
+def _worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
     from django.conf import settings
 
     from handoff.celery import app
@@ -236,10 +238,27 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     use_broker(app, settings.TEST_BROKER_URL, eager=False)
     try:
         worker.start(app)
-        yield worker
     finally:
-        worker.stop()
         use_broker(app, saved[0], eager=saved[1])
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def celery_worker(_worker_process, settings):
+    """A real Celery worker on the Redis broker, against the test database.
+
+    The process lives for the session; this test's tasks go to its broker instead of
+    running eagerly, and later tests run eagerly again.
+    """
+    from handoff.celery import app
+
+    saved = app.conf.broker_url, app.conf.task_always_eager
+    use_broker(app, settings.TEST_BROKER_URL, eager=False)
+    if _worker_process.proc.poll() is not None:
+        _worker_process.start(app)
+    yield _worker_process
+    use_broker(app, saved[0], eager=saved[1])
 
 
 def _free_port() -> int:

@@ -53,27 +53,6 @@ MESSAGE_KEYS = {
 NOT_FOUND = {"code": "not_found", "detail": "No such conversation."}
 
 
-@pytest.fixture(autouse=True)
-def _api_wiring(settings):
-    """Shim until `handoff/urls.py` and settings carry the API: its URLs and error handler."""
-    from drf_spectacular.settings import spectacular_settings
-
-    settings.ROOT_URLCONF = "tests.api_urls"
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "EXCEPTION_HANDLER": "dashboard.api.exception_handler",
-    }
-    spectacular_settings.apply_patches(
-        {
-            "SWAGGER_UI_DIST": "SIDECAR",
-            "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-            "REDOC_DIST": "SIDECAR",
-        }
-    )
-    yield
-    spectacular_settings.clear_patches()
-
-
 @pytest.fixture
 def start(service, django_capture_on_commit_callbacks):
     """Start a conversation as a new customer and let the AI answer (eagerly)."""

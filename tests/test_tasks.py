@@ -56,6 +56,7 @@ def test_dispatch_logs_a_broker_that_is_down_instead_of_failing_the_request(
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
+    caplog.set_level("ERROR", logger="conversations.tasks")
     monkeypatch.setattr(tasks.close_idle_conversations, "apply_async", broker_down)
     tasks.dispatch(tasks.close_idle_conversations)
     assert "could not enqueue conversations.tasks.close_idle_conversations" in caplog.text

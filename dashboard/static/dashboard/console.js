@@ -850,7 +850,7 @@ async function loadDetail(id, token) {
   const res = await apiCall("GET", `conversations/${encodeURIComponent(id)}/`);
   if (token !== openToken) return;
   if (!res.ok) {
-    if (res.status === 404) {
+    if (res.status === 404 && !state.cards[id]) {
       showPanelError("This conversation doesn't exist or is no longer available.");
       state.closed = true;
     } else {
