@@ -261,6 +261,23 @@ def test_context_does_not_turn_gibberish_into_an_answer(
     assert reply.non_answer is True
 
 
+@pytest.mark.parametrize(
+    ("slug", "first", "second"),
+    [
+        ("support", "How do I invite a colleague?", "What's the weather like tomorrow?"),
+        ("support", "How do I add my VAT number to invoices?", "Do you ship to Antarctica?"),
+        ("sales", "What plans do you offer?", "Can you recommend a good pizza place nearby?"),
+    ],
+)
+def test_a_new_off_topic_question_does_not_get_the_previous_answer_again(
+    responder: KnowledgeBaseResponder, slug: str, first: str, second: str
+) -> None:
+    reply = responder.reply(make_request(slug, first, second))
+
+    assert reply.non_answer is True
+    assert reply.evidence["rule"] in {"kb_context_only", "kb_below_threshold"}
+
+
 def test_only_recent_customer_turns_count_as_context(responder: KnowledgeBaseResponder) -> None:
     turns = (
         Turn("user", "Tell me about the Pro plan"),

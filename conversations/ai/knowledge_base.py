@@ -20,6 +20,15 @@ NON_ANSWER_TEXT = (
 )
 
 # Weights of the customer's earlier messages, most recent first; the question itself weighs 1.
+# A question of at least this many content words must match on its own, at least
+# CONTEXT_ONLY_FACTOR × the threshold, before recent context may decide the answer.
+FOLLOW_UP_TOKENS = 3
+CONTEXT_ONLY_FACTOR = 0.5
+REFERS_BACK = re.compile(
+    r"\b(it|its|that|this|these|those|they|them|one|ones)\b"
+    r"|^\s*(and|but|also|what about|how about)\b",
+    re.IGNORECASE,
+)
 CONTEXT_WEIGHTS = (0.5, 0.25)
 # How many turns before the question are searched for those earlier customer messages.
 CONTEXT_TURNS = 6
@@ -315,6 +324,10 @@ class KnowledgeIndex:
             for phrasings, answer in zip(question_tokens, answer_tokens, strict=True)
         ]
 
+    def knows(self, term: str) -> bool:
+        """Whether any entry uses this stemmed term."""
+        return term in self._idf
+
     def idf(self, term: str) -> float:
         """Return the inverse document frequency of a stemmed term."""
         return self._idf.get(term, self._unknown_idf)
@@ -414,6 +427,10 @@ class KnowledgeBaseResponder:
         }
         if best is None or best.score < self.threshold:
             return self._non_answer(request, {"rule": "kb_below_threshold", **evidence})
+        if self._carried_by_context(request, messages[0], best):
+            # A full new question that matches nothing on its own must not get the previous
+            # topic's answer again just because the earlier messages still point there.
+            return self._non_answer(request, {"rule": "kb_context_only", **evidence})
         if len(matches) > 1:
             evidence["runner_up_id"] = matches[1].item.id
             evidence["runner_up_score"] = matches[1].score
@@ -424,6 +441,24 @@ class KnowledgeBaseResponder:
             non_answer=False,
             evidence={"rule": "kb_match", **evidence},
         )
+
+    def _carried_by_context(self, request: AIRequest, question: str, best: Match) -> bool:
+        """True when the match comes from earlier messages, not from this full question."""
+        alone = build_index(request.knowledge).search(question, (), limit=len(request.knowledge))
+        score = next((m.score for m in alone if m.item.id == best.item.id), 0.0)
+        if score >= self.threshold * CONTEXT_ONLY_FACTOR:
+            return False
+        tokens = tokenize(question)
+        if len(tokens) >= FOLLOW_UP_TOKENS:
+            return True
+        # A short follow-up ("how do I fix it?", "what about Starter?") points back and leans
+        # on context by design; a short new topic ("do you ship to Antarctica?") does not
+        # point back, and is in words the knowledge base never uses.
+        if REFERS_BACK.search(question):
+            return False
+        index = build_index(request.knowledge)
+        unknown = [token for token in tokens if not index.knows(token)]
+        return bool(unknown) and len(unknown) * 2 >= len(tokens)
 
     def _non_answer(self, request: AIRequest, evidence: dict) -> AIReply:
         return AIReply(
