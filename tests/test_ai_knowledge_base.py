@@ -310,6 +310,9 @@ def test_only_recent_customer_turns_count_as_context(responder: KnowledgeBaseRes
         ("ok, thanks", "thanks"),
         ("bye", "goodbye"),
         ("ok great", "ack"),
+        ("Thanks, that helps!", "thanks"),
+        ("Great, thank you. That worked", "thanks"),
+        ("ok that makes sense", "ack"),
     ],
 )
 def test_small_talk_gets_a_friendly_reply_not_a_non_answer(

@@ -54,3 +54,25 @@ async def test_an_unknown_service_closes_with_4404_over_the_wire(service, live_s
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await socket.recv()
     assert closed.value.rcvd.code == 4404
+
+
+def test_simulate_drives_customers_through_the_real_socket(service, live_server_url):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from conversations.models import Conversation, Message
+
+    out = StringIO()
+    call_command(
+        "simulate",
+        conversations=3,
+        messages=2,
+        pause=0.05,
+        seed=7,
+        url=live_server_url.replace("http://", "ws://"),
+        stdout=out,
+    )
+    assert "3 customers sent 6 messages" in out.getvalue()
+    assert Conversation.objects.count() == 3
+    assert Message.objects.filter(role="user").count() == 6

@@ -193,6 +193,7 @@ ACK_WORDS = _words("ok okay k cool great perfect awesome nice alright sure got")
 FILLER_WORDS = _words(
     "there good very much so a lot you all it that s for the your help again guys team everyone",
     "see bot assistant just oh well thats sounds wonderful excellent lovely fine",
+    "helps helped helpful worked works is was this now makes sense solved sorted",
 )
 SMALLTALK_REPLIES = {
     "greeting": "Hello! How can I help you today?",

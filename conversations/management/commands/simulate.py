@@ -133,7 +133,10 @@ class Command(BaseCommand):
                         )
                     )
                     stats.sent += 1
-                    stats.replies += await self.read_for(socket, options["pause"] * 2, stats)
+                    # Await first: `stats.replies += await …` would read the total before
+                    # the other customers' replies land and lose them.
+                    got = await self.read_for(socket, options["pause"] * 2, stats)
+                    stats.replies += got
                     await asyncio.sleep(rng.expovariate(1 / max(options["pause"], 0.01)))
         except (OSError, websockets.WebSocketException) as error:
             key = type(error).__name__
