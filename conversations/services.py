@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core import signing
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from conversations import events, protocol
@@ -829,6 +829,25 @@ def conversations_expire_waits(*, now: datetime | None = None, batch: int = 200)
         .values_list("pk", flat=True)[:batch]
     )
     return sum(conversation_expire_wait(conversation_id=pk, now=now) for pk in list(candidates))
+
+
+def conversations_unanswered(*, older_than_seconds: int = 20, batch: int = 200) -> list[Message]:
+    """Customer messages the AI should have answered by now (their task was lost)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    last_seq = Message.objects.filter(conversation=OuterRef("conversation")).order_by("-seq")
+    return list(
+        Message.objects.filter(
+            role=Role.USER,
+            created_at__lt=cutoff,
+            conversation__status=Status.OPEN,
+            conversation__ai_paused=False,
+        )
+        .exclude(conversation__service__mode=Mode.HUMAN_ONLY)
+        .annotate(last_seq=Subquery(last_seq.values("seq")[:1]))
+        .filter(seq=F("last_seq"))
+        .select_related("conversation")
+        .order_by("created_at")[:batch]
+    )
 
 
 def conversations_close_idle(*, now: datetime | None = None, batch: int = 200) -> int:

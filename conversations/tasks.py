@@ -89,3 +89,17 @@ def close_idle_conversations() -> int:
 def expire_handoff_waits() -> int:
     """Sweep for handoffs that waited too long (run by beat; backs up the per-wait timer)."""
     return services.conversations_expire_waits()
+
+
+@shared_task(autoretry_for=TRANSIENT, retry_backoff=True, max_retries=3)
+def answer_unanswered_messages() -> int:
+    """Re-dispatch AI replies whose task was lost while the broker was away (run by beat)."""
+    waiting = services.conversations_unanswered()
+    for message in waiting:
+        dispatch(
+            generate_ai_reply,
+            str(message.conversation_id),
+            message.pk,
+            message.conversation.ai_epoch,
+        )
+    return len(waiting)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from conversations import services, tasks
@@ -64,3 +66,35 @@ def test_dispatch_logs_a_broker_that_is_down_instead_of_failing_the_request(
 
 def test_close_idle_conversations_closes_nothing_fresh(question):
     assert tasks.close_idle_conversations.apply().get() == 0
+
+
+def test_a_reply_lost_with_the_broker_is_sent_by_the_sweep(service, settings):
+    import time_machine
+    from django.utils import timezone
+
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    # Outside captured on-commit callbacks the reply task never runs: as if it were lost.
+    question = services.conversation_post_customer_message(
+        visitor=visitor, text="Where can I download my invoices?", client_id="lost"
+    ).message
+    assert tasks.answer_unanswered_messages.apply().get() == 0  # too fresh to call lost
+    with time_machine.travel(timezone.now() + timedelta(seconds=30)):
+        assert tasks.answer_unanswered_messages.apply().get() == 1
+    reply = Message.objects.get(conversation=question.conversation, role=Role.AI)
+    assert "Invoices" in reply.text
+    with time_machine.travel(timezone.now() + timedelta(seconds=60)):
+        assert tasks.answer_unanswered_messages.apply().get() == 0
+
+
+def test_the_sweep_leaves_paused_and_human_only_conversations_alone(service, agent):
+    import time_machine
+    from django.utils import timezone
+
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    question = services.conversation_post_customer_message(
+        visitor=visitor, text="hello", client_id="p"
+    ).message
+    services.conversation_take_over(conversation=question.conversation, agent=agent)
+    services.conversation_post_customer_message(visitor=visitor, text="still there?", client_id="q")
+    with time_machine.travel(timezone.now() + timedelta(seconds=30)):
+        assert tasks.answer_unanswered_messages.apply().get() == 0
