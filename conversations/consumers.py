@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
+from collections import deque
 from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
@@ -19,6 +21,10 @@ from handoff import inprocess_beat
 logger = logging.getLogger(__name__)
 
 CLOSE_UNKNOWN_SERVICE = 4404
+CLOSE_POLICY_VIOLATION = 1008
+# Frames refused by the per-socket frame rate within this many seconds: over
+# WIDGET_FRAME_ABUSE_LIMIT of them and the socket is closed.
+FRAME_ABUSE_WINDOW = 10.0
 SOCKET_COUNT_TTL = 6 * 3600
 CLIENT_TYPES = {"hello", "message", "feedback", "request_human", "typing", "end"}
 
@@ -41,6 +47,16 @@ def origin_allowed(scope: dict, service: Service) -> bool:
     return urlsplit(origin).netloc == _header(scope, b"host").lower()
 
 
+def _decode(text_data: str | None) -> object:
+    """The frame's JSON value, or None if it is binary or not JSON."""
+    if text_data is None:
+        return None
+    try:
+        return json.loads(text_data)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the stack
+        return None
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     """One customer's widget: hello, then messages, feedback and requests for a human."""
 
@@ -49,6 +65,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     conversation_id = None
     last_seq_sent = 0
     ip_key: str | None = None
+    # Per-socket token bucket over every frame (SPEC §9): WIDGET_FRAME_RATE tokens a second,
+    # at most WIDGET_FRAME_BURST. Refused frames cost no database work.
+    frame_tokens: float | None = None
+    frame_clock = 0.0
+    refused_at: deque[float] | None = None
+    closing = False
 
     # --- Connection ---------------------------------------------------------------------
 
@@ -70,6 +92,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         await self.accept()
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A consumer that dies never reaches disconnect(): give its slot back anyway, or
+            # each crash would lock its address out for SOCKET_COUNT_TTL.
+            if self.ip_key:
+                await database_sync_to_async(self._release_socket_slot)()
 
     async def disconnect(self, code: int) -> None:
         if self.ip_key:
@@ -100,10 +131,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- Frames in ----------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        try:
-            content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
-            content = None
+        if self.closing:
+            return  # closed for abuse: frames still in flight are dropped
+        if not self._take_frame_token():
+            await self._refuse_frame(text_data)
+            return
+        content = _decode(text_data)
         if not isinstance(content, dict):
             await self.send_error("bad_json", "Frames must be JSON objects.")
             return
@@ -126,6 +159,38 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # A bad frame must never take the socket down with a 1011.
             logger.exception("widget frame %s failed", kind)
             await self.send_error("internal", "Something went wrong; please try again.")
+
+    def _take_frame_token(self) -> bool:
+        now = time.monotonic()
+        rate, burst = settings.WIDGET_FRAME_RATE, settings.WIDGET_FRAME_BURST
+        if self.frame_tokens is None:
+            self.frame_tokens = float(burst)
+        else:
+            self.frame_tokens = min(burst, self.frame_tokens + (now - self.frame_clock) * rate)
+        self.frame_clock = now
+        if self.frame_tokens < 1:
+            return False
+        self.frame_tokens -= 1
+        return True
+
+    async def _refuse_frame(self, text_data: str | None) -> None:
+        """Answer a frame over the rate with `rate_limited`; close after sustained abuse."""
+        now = time.monotonic()
+        if self.refused_at is None:
+            self.refused_at = deque()
+        self.refused_at.append(now)
+        while self.refused_at[0] < now - FRAME_ABUSE_WINDOW:
+            self.refused_at.popleft()
+        if len(self.refused_at) > settings.WIDGET_FRAME_ABUSE_LIMIT:
+            logger.warning("widget socket closed: %d frames over the rate", len(self.refused_at))
+            self.closing = True
+            await self.close(code=CLOSE_POLICY_VIOLATION)
+            return
+        content = _decode(text_data) if text_data and len(text_data) <= 8192 else None
+        client_id = content.get("client_id") if isinstance(content, dict) else None
+        await self.send_error(
+            "rate_limited", "You're sending too much too quickly. Please slow down.", client_id
+        )
 
     async def on_hello(self, content: dict) -> None:
         last_seq = content.get("last_seq", 0)

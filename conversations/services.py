@@ -286,6 +286,8 @@ def visitor_from_token(*, service: Service, token: object) -> Visitor | None:
     """The visitor a token names, or None for a forged, foreign or unknown token."""
     if not isinstance(token, str) or not token or len(token) > 300:
         return None
+    if _scrub(token) != token:
+        return None  # NUL or a lone surrogate: not ours, and the signer cannot even encode it
     try:
         payload = signing.loads(token, salt=VISITOR_TOKEN_SALT)
     except signing.BadSignature:
@@ -347,7 +349,11 @@ def visitor_identify(
         fields.update(
             {key: (location.get(key) or "")[:100] for key in ("city", "region", "country")}
         )
-    if isinstance(timezone_name, str) and len(timezone_name) <= 64:
+    if (
+        isinstance(timezone_name, str)
+        and len(timezone_name) <= 64
+        and _scrub(timezone_name) == timezone_name  # PostgreSQL stores neither NUL nor \ud800
+    ):
         fields["timezone"] = timezone_name
     if "email" in fields and ("@" not in fields["email"] or len(fields["email"]) > 254):
         del fields["email"]
@@ -391,7 +397,10 @@ def _open_or_start(*, visitor: Visitor, opening_question: str) -> Conversation:
         return _locked(open_conversation_for(visitor=visitor).pk)
     _audit(AuditAction.CONVERSATION_STARTED, conversation=conversation, actor_kind="visitor")
     conversation = _locked(conversation.pk)
-    if service.mode == Mode.HUMAN_ONLY:
+    # Decide on the service row read just now, not `visitor.service`: a socket's visitor caches
+    # its service across mode changes. The insert above waits for a mode change that holds
+    # the service row, so this read sees its outcome.
+    if conversation.service.mode == Mode.HUMAN_ONLY:
         # Human Only: the conversation waits for a person from its first message, silently.
         _set_paused(conversation, waiting=True, now=timezone.now())
     _changed(conversation, "started")
@@ -418,6 +427,8 @@ def conversation_post_customer_message(
     """Store the customer's message once per `client_id` and let the AI answer if it may."""
     if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
         raise BadClientId()
+    if _scrub(client_id) != client_id:
+        raise BadClientId()  # NUL or a lone surrogate: it could be neither stored nor matched
     text = clean_text(text)
     with transaction.atomic():
         repeat = _stored_with_client_id(visitor, client_id)

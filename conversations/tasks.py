@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from asgiref.sync import SyncToAsync, sync_to_async
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError
 
 from conversations import protocol, selectors, services
@@ -18,10 +20,30 @@ TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
 
 def dispatch(task, *args) -> None:
     """Enqueue `task`; a broker that is down is logged, never raised into the request."""
+    if _run_beside_server(task, args):
+        return
     try:
         task.apply_async(args=args)
     except Exception:
         logger.exception("could not enqueue %s%r", task.name, args)
+
+
+def _run_beside_server(task, args: tuple) -> bool:
+    """In-process tasks (the embedded default) run beside the server, not in a socket's turn.
+
+    Run inline, a slow AI backend would hold the one thread that serves every socket's
+    database work. Instead the task goes to a worker thread of the server's event loop,
+    from which broadcasts still reach the in-memory channel layer on that loop.
+    """
+    if not (task.app.conf.task_always_eager and settings.HANDOFF_TASKS_IN_BACKGROUND):
+        return False
+    # asgiref records the server's loop on the threads it runs sync code in.
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is None or not loop.is_running():
+        return False
+    run = sync_to_async(task.apply, thread_sensitive=False)
+    loop.call_soon_threadsafe(lambda: loop.create_task(run(args=args)))
+    return True
 
 
 def dispatch_later(task, *args, countdown: int) -> None:

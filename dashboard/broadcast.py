@@ -4,17 +4,38 @@ Every console event is built here, from the database after commit, and sent to o
 groups: `console` (every agent console: cards, counters, modes, attention) and the watchers
 of one conversation (its messages). Layer messages are typed `console.event`; a client can
 never choose what is sent to a group.
+
+Fan-out is batched at both ends, because per-event, per-socket work is what limits a
+Channels app (bench/README.md):
+- producers (a web process, each worker process) queue card ids, counter requests and
+  toasts in an `Outbox` and send them every `BATCH_SECONDS` as one layer message, building
+  every queued card in two queries; a card queued twice is sent once, at its latest state;
+- each web process has one `Hub` in the `console` group (not one member per console): it
+  receives each batch once, merges what arrives within `HUB_SECONDS` and hands the result
+  to every console of the process, which encodes it once for all of them.
+On the in-memory layer (the embedded default, the tests) events go out immediately from the
+calling thread, as before: that layer's queues may only be touched from their event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import json
 import logging
-from typing import Literal, TypedDict
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypedDict
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import connection
 
-from conversations.models import Message, Service, Status
+from conversations.models import Conversation, Message, Service, Status
 from dashboard import cards
 from escalation.models import Flag
 
@@ -22,6 +43,16 @@ logger = logging.getLogger(__name__)
 
 CONSOLE_GROUP = "console"
 PREVIEW_LENGTH = 140
+# At most one batch per this long from each producer, and one frame per this long from each
+# hub; whatever arrives after a quiet spell goes out at once (after GATHER_SECONDS, so the
+# events of one commit travel together).
+BATCH_SECONDS = 0.04
+HUB_SECONDS = 0.02
+GATHER_SECONDS = 0.003
+# The outbox keeps its database connection while batches keep coming, not while idle.
+IDLE_SECONDS = 0.25
+# The core Redis layer forgets group members after a day; the hub re-joins well before.
+HUB_REJOIN_SECONDS = 3600
 
 
 class CardEvent(TypedDict):
@@ -71,66 +102,360 @@ def watch_group(conversation_id) -> str:
     return f"console.c.{conversation_id}"
 
 
-def _send(group: str, event: ConsoleEvent) -> None:
-    # After commit: a layer that is down must not undo what was stored; consoles resync.
-    try:
-        async_to_sync(get_channel_layer().group_send)(
-            group, {"type": "console.event", "event": event}
-        )
-    except Exception:
-        logger.exception("could not publish %s to %s", event["type"], group)
+# --- Building events ---------------------------------------------------------------------------
+
+
+def card_events(conversation_ids: Iterable) -> list[CardEvent | CardRemovedEvent]:
+    """Each conversation's current card, or its removal once closed, in two queries."""
+    wanted = [str(pk) for pk in conversation_ids]
+    if not wanted:
+        return []
+    found = {
+        card["id"]: (card, status)
+        for card, status in cards.cards_with_status(Conversation.objects.filter(pk__in=wanted))
+    }
+    events: list[CardEvent | CardRemovedEvent] = []
+    for pk in wanted:
+        if pk not in found:
+            continue  # deleted meanwhile: nothing to show
+        card, status = found[pk]
+        if status == Status.CLOSED:
+            events.append({"type": "card_removed", "id": pk, "service": card["service"]})
+        else:
+            events.append({"type": "card", "card": card})
+    return events
 
 
 def card_event(conversation_id) -> CardEvent | CardRemovedEvent | None:
-    card = cards.card(conversation_id)
-    if card is None:
-        return None
-    if cards.Conversation.objects.filter(pk=conversation_id, status=Status.CLOSED).exists():
-        return {"type": "card_removed", "id": card["id"], "service": card["service"]}
-    return {"type": "card", "card": card}
+    found = card_events([conversation_id])
+    return found[0] if found else None
 
 
-def send_card(conversation_id) -> None:
-    """Send the conversation's current card, or its removal once it is closed."""
-    event = card_event(conversation_id)
-    if event is not None:
-        _send(CONSOLE_GROUP, event)
-
-
-def send_counters() -> None:
-    _send(CONSOLE_GROUP, {"type": "counters", "counters": cards.counters()})
-
-
-def send_service(service: Service) -> None:
-    _send(CONSOLE_GROUP, {"type": "service", "service": cards.service_info(service)})
-
-
-def send_message(message: Message) -> None:
-    """A new transcript line, for the consoles watching its conversation."""
-    _send(
-        watch_group(message.conversation_id),
+def message_events(message_ids: Iterable[int]) -> list[MessageEvent]:
+    messages = Message.objects.select_related("author", "specialist").filter(pk__in=message_ids)
+    return [
         {
             "type": "message",
             "conversation_id": str(message.conversation_id),
             "message": cards.message_payload(message),
-        },
-    )
+        }
+        for message in messages.order_by("conversation_id", "seq")
+    ]
+
+
+# --- Producing: the outbox ---------------------------------------------------------------------
+
+
+@dataclass
+class Pending:
+    """What is waiting for the next batch; cards by id, so a card queued twice goes once."""
+
+    card_ids: dict[str, None] = field(default_factory=dict)
+    counters: bool = False
+    events: list[ConsoleEvent] = field(default_factory=list)
+    message_ids: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.card_ids or self.counters or self.events or self.message_ids)
+
+
+Send = Callable[[str, dict], None]
+
+
+def build(pending: Pending) -> list[tuple[str, dict]]:
+    """The layer messages for a batch, read now (so at the newest state): (group, message)."""
+    events: list[ConsoleEvent] = [*card_events(pending.card_ids)]
+    if pending.counters:
+        events.append({"type": "counters", "counters": cards.counters()})
+    # Toasts after the cards, so a console shows the flagged card with its toast.
+    events.extend(pending.events)
+    messages = [(CONSOLE_GROUP, {"type": "console.event", "events": events})] if events else []
+    for event in message_events(pending.message_ids) if pending.message_ids else []:
+        group = watch_group(event["conversation_id"])
+        messages.append((group, {"type": "console.event", "event": event}))
+    return messages
+
+
+def _send_now(group: str, message: dict) -> None:
+    async_to_sync(get_channel_layer().group_send)(group, message)
+
+
+class Outbox:
+    """This process's console events, sent in batches by a thread with its own event loop.
+
+    Callers (subscribers, after commit) only queue ids, so the request or task that caused
+    the change does no console work at all. The thread keeps one event loop, so the layer's
+    Redis connections are reused instead of opened per send, and one database connection.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        # A forked child (a Celery worker process) inherits the queue but not the thread.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
+        self.pending = Pending()
+        self.thread: threading.Thread | None = None
+
+    def queue(self, change: Callable[[Pending], None]) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        if isinstance(layer, InMemoryChannelLayer):
+            # Its queues belong to the caller's event loop: send from here, at once.
+            pending = Pending()
+            change(pending)
+            self._flush(pending, _send_now, own_connection=False)
+            return
+        with self.lock:
+            change(self.pending)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="console-outbox", daemon=True)
+                self.thread.start()
+            self.ready.notify()
+
+    def _take(self) -> Pending:
+        with self.lock:
+            pending, self.pending = self.pending, Pending()
+        return pending
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+
+        def send(group: str, message: dict) -> None:
+            loop.run_until_complete(get_channel_layer().group_send(group, message))
+
+        last = 0.0
+        while True:
+            with self.ready:
+                idle = not self.pending and not self.ready.wait(IDLE_SECONDS)
+            if idle:
+                # Quiet: give the database connection back until the next batch.
+                connection.close()
+                with self.ready:
+                    while not self.pending:
+                        self.ready.wait()
+            time.sleep(max(GATHER_SECONDS, last + BATCH_SECONDS - time.monotonic()))
+            last = time.monotonic()
+            self._flush(self._take(), send, own_connection=True)
+
+    def _flush(self, pending: Pending, send: Send, *, own_connection: bool) -> None:
+        # After commit: a layer or database that is down must not undo what was stored;
+        # consoles resync when they reconnect.
+        for attempt in (1, 2):
+            try:
+                messages = build(pending)
+                break
+            except Exception:
+                if attempt == 2 or not own_connection:
+                    logger.exception("could not read console events")
+                    return
+                # The outbox thread's own connection may have gone stale: retry on a new one.
+                connection.close()
+        for group, message in messages:
+            for attempt in (1, 2):
+                try:
+                    send(group, message)
+                    break
+                except Exception:
+                    # A pooled Redis connection dies with a Redis restart and fails once; the
+                    # retry gets a fresh one instead of dropping these events for good.
+                    if attempt == 2:
+                        logger.exception("could not publish console events to %s", group)
+
+    def drain(self) -> None:
+        """Send what is still queued (at exit), from the calling thread."""
+        pending = self._take()
+        if pending:
+            with contextlib.suppress(Exception):
+                self._flush(pending, _send_now, own_connection=False)
+
+
+outbox = Outbox()
+atexit.register(outbox.drain)
+
+
+def send_card(conversation_id) -> None:
+    """Send the conversation's current card, or its removal once it is closed."""
+    outbox.queue(lambda p: p.card_ids.setdefault(str(conversation_id), None))
+
+
+def send_counters() -> None:
+    outbox.queue(lambda p: setattr(p, "counters", True))
+
+
+def send_service(service: Service) -> None:
+    event: ServiceEvent = {"type": "service", "service": cards.service_info(service)}
+    outbox.queue(lambda p: p.events.append(event))
+
+
+def send_message(message: Message | int) -> None:
+    """A new transcript line, for the consoles watching its conversation."""
+    message_id = message if isinstance(message, int) else message.pk
+    outbox.queue(lambda p: p.message_ids.append(message_id))
 
 
 def send_attention(flag: Flag, *, new: bool) -> None:
     """A toast on every console (and a sound when `new`): a flag was just raised."""
     conversation = flag.conversation
     preview = flag.message.text if flag.message_id else conversation.opening_question
-    _send(
-        CONSOLE_GROUP,
-        {
-            "type": "attention",
-            "conversation_id": str(conversation.id),
-            "service": conversation.service.slug,
-            "service_name": conversation.service.name,
-            "reasons": [flag.reason],
-            "labels": [flag.get_reason_display()],
-            "new": new,
-            "preview": preview[:PREVIEW_LENGTH],
-        },
-    )
+    event: AttentionEvent = {
+        "type": "attention",
+        "conversation_id": str(conversation.id),
+        "service": conversation.service.slug,
+        "service_name": conversation.service.name,
+        "reasons": [flag.reason],
+        "labels": [flag.get_reason_display()],
+        "new": new,
+        "preview": preview[:PREVIEW_LENGTH],
+    }
+    outbox.queue(lambda p: p.events.append(event))
+
+
+# --- Receiving: one hub per web process ----------------------------------------------------------
+
+
+class Console(Protocol):
+    """What the hub needs of a console consumer."""
+
+    def from_hub(self, events: list[dict]) -> list[dict]: ...
+
+    async def send_events(self, events: list[dict], text: str | None = None) -> None: ...
+
+    async def close(self, code: int | None = None) -> None: ...
+
+
+class Merged:
+    """Events in arrival order, keeping one card per id (the newest) and the latest counters."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple, dict] = {}
+        self.count = 0
+
+    def add(self, events: Iterable[dict]) -> None:
+        for event in events:
+            kind = event["type"]
+            self.count += 1
+            if kind == "card":
+                key = ("card", event["card"]["id"])
+                held = self.items.get(key)
+                if held is not None and held["card"]["version"] >= event["card"]["version"]:
+                    continue
+                self.items.pop(key, None)
+            elif kind == "card_removed":
+                self.items.pop(("card", event["id"]), None)
+                key = (kind, self.count)
+            elif kind == "counters":
+                key = (kind,)
+                self.items.pop(key, None)
+            else:
+                key = (kind, self.count)
+            self.items[key] = event
+
+    def events(self) -> list[dict]:
+        return list(self.items.values())
+
+
+class Hub:
+    """This process's member of the `console` group, fanning each batch out to its consoles."""
+
+    def __init__(self, layer, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer, self.loop = layer, loop
+        self.consoles: set[Console] = set()
+        self.pending = Merged()
+        self.flush_handle: asyncio.TimerHandle | None = None
+        self.flushed_at = 0.0
+        self.task: asyncio.Task | None = None
+        self.joined: asyncio.Future | None = None
+
+    async def add(self, console: Console) -> None:
+        self.consoles.add(console)
+        if self.task is None or self.task.done():
+            self.joined = self.loop.create_future()
+            self.task = asyncio.ensure_future(self._run(self.joined))
+        # Joined before the console reads its snapshot, so no change falls in between.
+        await asyncio.shield(self.joined)
+
+    async def discard(self, console: Console) -> None:
+        self.consoles.discard(console)
+        if not self.consoles and self.task is not None:
+            task, self.task = self.task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self, joined: asyncio.Future) -> None:
+        channel = await self.layer.new_channel()
+        try:
+            await self.layer.group_add(CONSOLE_GROUP, channel)
+            joined.set_result(None)
+            rejoin = time.monotonic() + HUB_REJOIN_SECONDS
+            while True:
+                message = await self.layer.receive(channel)
+                if message.get("type") == "console.event":
+                    self.take(message["events"] if "events" in message else [message["event"]])
+                if time.monotonic() > rejoin:
+                    await self.layer.group_add(CONSOLE_GROUP, channel)
+                    rejoin = time.monotonic() + HUB_REJOIN_SECONDS
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The layer went away: close the consoles so they reconnect and resync, as a
+            # console whose own channel failed would.
+            logger.exception("console hub lost its channel layer")
+            if not joined.done():
+                joined.set_exception(RuntimeError("console hub could not join"))
+            for console in list(self.consoles):
+                with contextlib.suppress(Exception):
+                    await console.close(code=1011)
+        finally:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self.layer.group_discard(CONSOLE_GROUP, channel))
+
+    def take(self, events: list[dict]) -> None:
+        self.pending.add(events)
+        if self.flush_handle is None:
+            delay = max(GATHER_SECONDS, self.flushed_at + HUB_SECONDS - self.loop.time())
+            self.flush_handle = self.loop.call_later(
+                delay, lambda: asyncio.ensure_future(self.flush())
+            )
+
+    async def flush(self) -> None:
+        self.flush_handle = None
+        self.flushed_at = self.loop.time()
+        events, self.pending = self.pending.events(), Merged()
+        encoded: dict[tuple[int, ...], str] = {}
+        for console in list(self.consoles):
+            chosen = console.from_hub(events)
+            if not chosen:
+                continue
+            # Usually every console gets the same events: encode them once for all.
+            key = tuple(id(e) for e in chosen)
+            if key not in encoded:
+                encoded[key] = frame_text(chosen)
+            try:
+                await console.send_events(chosen, encoded[key])
+            except Exception:
+                logger.exception("could not send to a console")
+
+
+def frame_text(events: list[dict]) -> str:
+    """One event as itself, several as a `batch` frame."""
+    return json.dumps(events[0] if len(events) == 1 else {"type": "batch", "events": events})
+
+
+_hubs: dict[tuple[int, int], Hub] = {}
+
+
+def hub_for(layer) -> Hub:
+    """The hub of the running event loop and this layer (tests get one per loop)."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), id(layer))
+    hub = _hubs.get(key)
+    if hub is None or hub.loop is not loop or hub.layer is not layer:
+        for stale in [k for k, h in _hubs.items() if h.loop.is_closed()]:
+            del _hubs[stale]
+        hub = _hubs[key] = Hub(layer, loop)
+    return hub

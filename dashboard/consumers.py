@@ -2,7 +2,10 @@
 
 Events from the groups are coalesced for a short window and sent as one `batch` frame:
 a card changed twice in the window goes out once at its newest version, and counters go
-out only when they differ from what this console last saw.
+out only when they differ from what this console last saw. Console-wide events reach this
+socket through its process's hub (`broadcast.Hub`), which receives each batch once for all
+the consoles of the process; a watched conversation's messages come through the socket's
+own channel.
 """
 
 from __future__ import annotations
@@ -11,9 +14,15 @@ import asyncio
 import json
 import logging
 import uuid
+from importlib import import_module
+from types import SimpleNamespace
+from urllib.parse import urlsplit
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user
 
 from conversations import services
 from conversations.models import Conversation
@@ -27,45 +36,102 @@ COALESCE_SECONDS = 0.05
 MAX_WATCHED = 20
 
 
+def same_origin(scope: dict) -> bool:
+    """A page of another site must not open an agent's console with the agent's cookie.
+
+    Browsers always send Origin on a socket handshake; it must name this host. A client
+    without Origin is not a browser page, so no third party's page is driving it.
+    """
+    headers = dict(scope.get("headers", []))
+    origin = headers.get(b"origin", b"").decode("latin-1").strip()
+    if not origin:
+        return True
+    return urlsplit(origin).netloc.lower() == headers.get(b"host", b"").decode("latin-1").lower()
+
+
 class ConsoleConsumer(AsyncWebsocketConsumer):
     """One agent's console: a snapshot, then live cards, counters, modes and toasts."""
 
     user = None
+    hub: broadcast.Hub | None = None
+    # Hub batches wait in `held` while a snapshot is read and sent: the snapshot goes first.
+    live = False
+    held: list[dict]
     watched: set[str]
     pending: list[dict]
     flush_handle: asyncio.TimerHandle | None = None
+    reauth_task: asyncio.Task | None = None
     last_counters: dict | None = None
+    # The newest version of each card this socket has shown: a card is published once per
+    # domain event, so one change (a claim and its "has joined" message) can arrive twice.
+    sent_versions: dict[str, int]
 
     async def connect(self) -> None:
         inprocess_beat.ensure_started()
-        self.watched, self.pending = set(), []
+        self.watched, self.pending, self.sent_versions, self.held = set(), [], {}, []
         user = self.scope.get("user")
-        if not await database_sync_to_async(services.is_agent)(user):
+        if not same_origin(self.scope) or not await database_sync_to_async(services.is_agent)(user):
             await self.accept()
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.user = user
-        await self.channel_layer.group_add(broadcast.CONSOLE_GROUP, self.channel_name)
+        self.hub = broadcast.hub_for(self.channel_layer)
+        await self.hub.add(self)
         await self.accept()
         await self.send_snapshot()
+        self.reauth_task = asyncio.ensure_future(self.reauthenticate())
 
     async def disconnect(self, code: int) -> None:
         if self.flush_handle:
             self.flush_handle.cancel()
+        if self.reauth_task:
+            self.reauth_task.cancel()
         if self.user is None:
             return
-        await self.channel_layer.group_discard(broadcast.CONSOLE_GROUP, self.channel_name)
+        if self.hub is not None:
+            await self.hub.discard(self)
         for conversation_id in list(self.watched):
             await self.channel_layer.group_discard(
                 broadcast.watch_group(conversation_id), self.channel_name
             )
+
+    async def reauthenticate(self) -> None:
+        """Close with 4403 once the agent logs out, is deactivated or stops being an agent.
+
+        The session was checked once, at connect; a socket outlives it by hours otherwise.
+        """
+        while True:
+            await asyncio.sleep(settings.CONSOLE_REAUTH_SECONDS)
+            if not await database_sync_to_async(self._still_an_agent)():
+                logger.info("console socket closed: agent %s no longer signed in", self.user.pk)
+                await self.close(code=CLOSE_FORBIDDEN)
+                return
+
+    def _still_an_agent(self) -> bool:
+        # A fresh read of the session, the user row and the password hash, as a request does.
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+        user = get_user(SimpleNamespace(session=store(self.scope["session"].session_key)))
+        return user.pk == self.user.pk and services.is_agent(user)
+
+    async def dispatch(self, message: dict) -> None:
+        """Run the handler without Channels' per-message hop to close old connections.
+
+        `AsyncConsumer.dispatch` calls `aclose_old_connections()` (a trip through the single
+        sync thread that also runs every widget's database work) before each handler. This
+        consumer touches the database only through `database_sync_to_async`, which closes
+        stale connections itself, so the hop is pure cost.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- Frames in ----------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the stack
             content = None
         if not isinstance(content, dict):
             await self.send_json(
@@ -91,10 +157,24 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             )
 
     async def send_snapshot(self) -> None:
+        self.live = False
+        try:
+            await self._send_snapshot()
+        finally:
+            self.live = True
+        held, self.held = self.held, []
+        await self.send_events(self.select(held))
+
+    async def _send_snapshot(self) -> None:
         snapshot = await database_sync_to_async(cards.snapshot)()
         # A snapshot supersedes anything still waiting in the coalescing buffer.
         self.pending = []
         self.last_counters = snapshot["counters"]
+        self.sent_versions = {
+            card["id"]: card["version"]
+            for service in snapshot["services"]
+            for card in service["conversations"]
+        }
         await self.send_json(snapshot)
 
     async def set_watch(self, conversation_id: object, on: bool) -> None:
@@ -125,8 +205,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
     # --- Events out ---------------------------------------------------------------------
 
     async def console_event(self, message: dict) -> None:
-        event = message["event"]
-        self.coalesce(event)
+        for event in message["events"] if "events" in message else [message["event"]]:
+            self.coalesce(event)
         if self.flush_handle is None:
             loop = asyncio.get_running_loop()
             self.flush_handle = loop.call_later(
@@ -157,19 +237,37 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
     async def flush(self) -> None:
         self.flush_handle = None
         events, self.pending = self.pending, []
+        await self.send_events(self.select(events))
+
+    def from_hub(self, events: list[dict]) -> list[dict]:
+        """What to send now of a batch from the hub (nothing while a snapshot is under way)."""
+        if not self.live:
+            self.held.extend(events)
+            return []
+        return self.select(events)
+
+    def select(self, events: list[dict]) -> list[dict]:
+        """The events this console has not seen yet; records them as seen."""
         outgoing = []
         for event in events:
             if event["type"] == "counters":
                 if event["counters"] == self.last_counters:
                     continue
                 self.last_counters = event["counters"]
+            elif event["type"] == "card":
+                card_id, version = event["card"]["id"], event["card"]["version"]
+                if self.sent_versions.get(card_id, -1) >= version:
+                    continue  # this console already shows this version or a newer one
+                self.sent_versions[card_id] = version
+            elif event["type"] == "card_removed":
+                self.sent_versions.pop(event["id"], None)
             outgoing.append(event)
-        if not outgoing:
-            return
-        if len(outgoing) == 1:
-            await self.send_json(outgoing[0])
-        else:
-            await self.send_json({"type": "batch", "events": outgoing})
+        return outgoing
+
+    async def send_events(self, events: list[dict], text: str | None = None) -> None:
+        """Send events as one frame; the hub passes the text it encoded once for many."""
+        if events:
+            await self.send(text_data=text or broadcast.frame_text(events))
 
     async def send_json(self, content: dict) -> None:
         await self.send(text_data=json.dumps(content))

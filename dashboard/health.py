@@ -54,7 +54,10 @@ def check_database() -> Check:
 
 
 async def _round_trip(layer) -> bool:
-    channel = await layer.new_channel("healthz")  # layers add the "." themselves
+    # The layer's default prefix, as the consumers use: channels-redis has one receiver per
+    # process at a time, blocked on the "specific." list while sockets are connected, so a
+    # message on a list of another prefix would never be read and the check would time out.
+    channel = await layer.new_channel()
     nonce = uuid.uuid4().hex
     async with asyncio.timeout(TIMEOUT_SECONDS):
         await layer.send(channel, {"type": "healthz.ping", "nonce": nonce})

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from conversations import events
-from conversations.models import Message, Service
+from conversations.models import Service
 from dashboard import broadcast
 from escalation.events import FlagRaised
 from escalation.models import Flag
 
 
 def on_message_posted(event: events.MessagePosted) -> None:
-    message = Message.objects.select_related("author", "specialist").filter(pk=event.message_id)
-    if found := message.first():
-        broadcast.send_message(found)
+    # Ids only: the outbox reads the message and the card when it sends the batch.
+    broadcast.send_message(event.message_id)
     broadcast.send_card(event.conversation_id)
 
 

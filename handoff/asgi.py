@@ -37,7 +37,33 @@ def _close_oversized_frames_with_1009() -> None:
     WebSocketServerFactory._handoff_clean_close = True
 
 
+def _allow_policy_violation_close() -> None:
+    """Let a consumer close a socket with 1008 (policy violation) under daphne.
+
+    autobahn's `sendClose` accepts only 1000 and 3000-4999 from applications and raises on
+    RFC 6455's 1008, which kills the consumer before its `disconnect` runs. The widget closes
+    abusive sockets with 1008, so that one code goes out as a plain close frame.
+    """
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # not served by daphne
+        return
+    if getattr(WebSocketProtocol, "_handoff_policy_close", False):
+        return
+    server_close = WebSocketProtocol.serverClose
+
+    def server_close_policy(self, code=None) -> None:
+        if code == 1008:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            server_close(self, code)
+
+    WebSocketProtocol.serverClose = server_close_policy
+    WebSocketProtocol._handoff_policy_close = True
+
+
 _close_oversized_frames_with_1009()
+_allow_policy_violation_close()
 
 application = ProtocolTypeRouter(
     {

@@ -2,11 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "handoff.settings")
+
+logger = logging.getLogger(__name__)
+
+
+def _survive_broker_loss_with_tasks_in_flight() -> None:
+    """Keep the worker alive when the Redis broker goes away while tasks are running.
+
+    On a lost connection Celery 5.7 collects the old connection, which detaches its channels
+    from their transport, and later uses those channels again: to put the unacknowledged
+    tasks back, and to acknowledge tasks that finish meanwhile. Each use raises
+    AttributeError, which Celery treats as unrecoverable, and the worker exits. Here a
+    detached channel raises a connection error instead, which Celery already handles
+    ("Couldn't ack"), and the put-back is skipped: the tasks are still listed as
+    unacknowledged in Redis, which hands them out again after the visibility timeout.
+    """
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    channel, qos = kombu_redis.Channel, kombu_redis.QoS
+    if getattr(channel, "_handoff_guarded", False):
+        return
+    connparams, restore_unacked = channel._connparams, qos.restore_unacked
+
+    def detached(chan) -> bool:
+        transport = chan.connection
+        return transport is None or transport.client is None
+
+    def guarded_connparams(self, asynchronous=False):
+        if detached(self):
+            raise RedisConnectionError("this broker connection was already closed")
+        return connparams(self, asynchronous=asynchronous)
+
+    def guarded_restore_unacked(self, client=None):
+        if client is None and detached(self.channel):
+            logger.warning(
+                "broker connection lost: %d unacknowledged task(s) come back after the "
+                "visibility timeout",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return None
+        return restore_unacked(self, client)
+
+    channel._connparams = guarded_connparams
+    qos.restore_unacked = guarded_restore_unacked
+    channel._handoff_guarded = True
+
+
+_survive_broker_loss_with_tasks_in_flight()
 
 app = Celery("handoff")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -90,6 +90,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "handoff.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -121,7 +122,12 @@ TEMPLATES = [
 if DATABASE_URL:
     DATABASES = {
         "default": dj_database_url.parse(
-            DATABASE_URL, conn_max_age=envint("DATABASE_CONN_MAX_AGE", 60), conn_health_checks=True
+            DATABASE_URL,
+            # 0, not a persistent connection: under ASGI every request runs in a thread of its
+            # own, and each thread would keep its own connection open until PostgreSQL runs out
+            # (measured: 62 connections after 125 requests on one daphne process).
+            conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
+            conn_health_checks=True,
         )
     }
 else:
@@ -149,7 +155,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env("STATIC_ROOT")) if env("STATIC_ROOT") else BASE_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -167,7 +173,20 @@ LOGIN_REDIRECT_URL = "/console/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 # Realtime: Redis in production, one process's memory in the embedded default.
-if REDIS_URL:
+CHANNEL_LAYER = env("CHANNEL_LAYER", "core")
+if CHANNEL_LAYER not in {"core", "pubsub"}:
+    raise ImproperlyConfigured("CHANNEL_LAYER must be 'core' or 'pubsub'")
+if REDIS_URL and CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": env("CHANNEL_PREFIX", "handoff"),
+            },
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -186,6 +205,8 @@ else:
 CELERY_BROKER_URL = env("CELERY_BROKER_URL") or REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+# In-process tasks run in a thread beside the server rather than inside a socket's turn.
+HANDOFF_TASKS_IN_BACKGROUND = envbool("HANDOFF_TASKS_IN_BACKGROUND", EMBEDDED)
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -198,7 +219,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 2,
     "socket_connect_timeout": 2,
     "max_retries": 1,
-    "visibility_timeout": 3600,
+    # A task of a worker killed outright is redelivered after this; keep it above the
+    # longest task (an AI reply with its retries).
+    "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
 }
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BEAT_SCHEDULE = {
@@ -212,6 +235,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "score-unscored-messages": {
         "task": "escalation.tasks.score_unscored_messages",
+        # The backstop for scoring tasks lost to a broker outage or a killed worker.
+        "schedule": float(envint("HANDOFF_SWEEP_SECONDS", 30, minimum=1)),
+    },
+    "answer-unanswered-messages": {
+        "task": "conversations.tasks.answer_unanswered_messages",
         "schedule": 30.0,
     },
 }
@@ -248,6 +276,17 @@ AI_TIMEOUT_SECONDS = float(env("AI_TIMEOUT_SECONDS", "20"))
 CONVERSATION_IDLE_MINUTES = envint("CONVERSATION_IDLE_MINUTES", 30, minimum=1)
 WIDGET_RATE_LIMIT = envint("WIDGET_RATE_LIMIT", 20, minimum=1)
 WIDGET_MAX_SOCKETS_PER_IP = envint("WIDGET_MAX_SOCKETS_PER_IP", 50, minimum=1)
+# Every frame of one widget socket: WIDGET_FRAME_RATE a second sustained, bursts up to
+# WIDGET_FRAME_BURST; more than WIDGET_FRAME_ABUSE_LIMIT refused within 10 s closes it (1008).
+# A person typing, rating and reconnecting never comes near these.
+WIDGET_FRAME_RATE = envint("WIDGET_FRAME_RATE", 5, minimum=1)
+WIDGET_FRAME_BURST = envint("WIDGET_FRAME_BURST", 30, minimum=1)
+WIDGET_FRAME_ABUSE_LIMIT = envint("WIDGET_FRAME_ABUSE_LIMIT", 50, minimum=1)
+# How often an open console socket re-checks its agent's session and account (4403 if gone):
+# an agent who logs out or is deactivated loses the live console within a minute.
+CONSOLE_REAUTH_SECONDS = envint("CONSOLE_REAUTH_SECONDS", 20, minimum=1)
+if CONSOLE_REAUTH_SECONDS > 60:
+    raise ImproperlyConfigured("CONSOLE_REAUTH_SECONDS must be at most 60")
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
 GEOIP_PATH = env("GEOIP_PATH") or None
 
@@ -255,7 +294,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "handoff.logging.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+        "json": {"()": "handoff.logging.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
@@ -277,3 +320,65 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+# --- Production hardening ------------------------------------------------------------------
+# Production is anything wired to real services. DEBUG there would show settings and
+# tracebacks to anyone and keep every query in memory, so it is refused outright; a developer
+# who points a local run at PostgreSQL or Redis says so with HANDOFF_ALLOW_DEBUG.
+PRODUCTION = not EMBEDDED
+if DEBUG and PRODUCTION and not envbool("HANDOFF_ALLOW_DEBUG", False):
+    raise ImproperlyConfigured(
+        "DEBUG must be off in production (DATABASE_URL or REDIS_URL is set). "
+        "For local development against real services set HANDOFF_ALLOW_DEBUG=true."
+    )
+
+# One switch for everything that assumes HTTPS in front of the app. A plain-HTTP run on
+# loopback (the integration tests, honcho on a laptop) turns it off with HANDOFF_SECURE=false.
+HANDOFF_SECURE = envbool("HANDOFF_SECURE", not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if HANDOFF_SECURE:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Preloading is a promise to browsers that is slow to take back: an operator's decision.
+    SECURE_HSTS_PRELOAD = False
+    # Usually the proxy redirects to HTTPS already; a redirect here would loop behind one
+    # that does not send X-Forwarded-Proto.
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+    if TRUSTED_PROXY_COUNT > 0:
+        # Only a proxy we trust may tell us the request came in over HTTPS.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Sent on every HTML page (handoff.middleware): scripts only from this host, so injected
+# markup cannot run. Styles allow 'unsafe-inline' for the Django admin's and the widget's
+# inline <style> (the widget injects one into its shadow root); sockets may be ws: or wss:.
+_CSP = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self' 'unsafe-inline'",
+    "img-src": "'self' data:",
+    "connect-src": "'self' ws: wss:",
+    "frame-ancestors": "'none'",
+    "base-uri": "'self'",
+    "form-action": "'self'",
+}
+HANDOFF_CSP = "; ".join(f"{name} {value}" for name, value in _CSP.items())
+# Pages that need more, by path prefix: drf-spectacular's Swagger UI starts itself with an
+# inline script (it shows only this API's own schema).
+HANDOFF_CSP_BY_PATH = {
+    "/api/v1/docs/": "; ".join(
+        f"{name} {value} 'unsafe-inline'" if name == "script-src" else f"{name} {value}"
+        for name, value in _CSP.items()
+    ),
+}
+
+# Structured logs: JSON lines for log collectors in production, plain text for people.
+LOG_FORMAT = env("LOG_FORMAT", "plain" if DEBUG else "json")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}")
+LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT
+# Celery would otherwise replace the root logger's handler with its own plain format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "plain"

@@ -133,18 +133,67 @@ def _wait_for(predicate, *, timeout: float, what: str, proc=None) -> None:
     pytest.fail(f"{what} did not come up within {timeout} s")
 
 
-def server_env(settings, *, redis: bool) -> dict[str, str]:
-    """Environment for a product process sharing this test session's database."""
+def _production_env(secret_key: str) -> dict[str, str]:
+    """Production settings (DEBUG off) for a product process on plain HTTP over loopback."""
     import os
 
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "HANDOFF_ALLOW_DEBUG", "HANDOFF_SECURE", "STATIC_ROOT"}
+    }
+    return {
+        **env,
+        "DJANGO_SETTINGS_MODULE": "handoff.settings",
+        "SECRET_KEY": secret_key,
+        "DEBUG": "false",
+        # Secure cookies and HSTS need HTTPS; these processes are reached over http://127.0.0.1.
+        "HANDOFF_SECURE": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+_static_roots: dict[str, str] = {}
+
+
+def collected_static(secret_key: str) -> str:
+    """A STATIC_ROOT filled by `collectstatic` as the Procfile's `release` does, once a run.
+
+    With DEBUG off the manifest storage serves only collected, hashed files, exactly as in
+    production; the folder is removed when the test run ends.
+    """
+    import atexit
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if "root" not in _static_roots:
+        root = tempfile.mkdtemp(prefix="handoff-static-")
+        atexit.register(shutil.rmtree, root, True)
+        env = {**_production_env(secret_key), "STATIC_ROOT": root}
+        env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
+        subprocess.run(
+            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            check=True,
+            timeout=120,
+        )
+        _static_roots["root"] = root
+    return _static_roots["root"]
+
+
+def server_env(settings, *, redis: bool) -> dict[str, str]:
+    """Environment for a product process sharing this test session's database."""
     db = settings.DATABASES["default"]
     env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "handoff.settings",
+        **_production_env(settings.SECRET_KEY),
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "SECRET_KEY": settings.SECRET_KEY,
-        "DEBUG": "true",
-        "PYTHONUNBUFFERED": "1",
+        "STATIC_ROOT": collected_static(settings.SECRET_KEY),
     }
     if redis:
         env["REDIS_URL"] = settings.TEST_REDIS_URL

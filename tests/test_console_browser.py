@@ -37,6 +37,9 @@ def open_page(browser, live_server_url):
             viewport={"width": width, "height": 900},
             base_url=live_server_url,
             timezone_id="Europe/Berlin",
+            # wait_for_function polls with eval, which the pages' CSP forbids (rightly);
+            # tests/test_csp_browser.py checks the pages under the policy.
+            bypass_csp=True,
         )
         contexts.append(context)
         if user is not None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -18,14 +21,15 @@ from tests.conftest import _free_port, _port_open, _wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def embedded_server(tmp_path_factory):
+def start_embedded(tmp_path_factory, **extra_env: str):
+    """Migrate, seed and serve a fresh embedded-default product; yields its port."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE"}
     }
     env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("embedded") / "db.sqlite3")
+    env.update(extra_env)
     manage = [sys.executable, "manage.py"]
     for command in (["migrate", "--noinput"], ["seed_demo"]):
         result = subprocess.run(
@@ -46,8 +50,51 @@ def embedded_server(tmp_path_factory):
         _wait_for(lambda: _port_open(port), timeout=30, what="runserver", proc=proc)
         yield port
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        proc.send_signal(signal.SIGINT)  # what Ctrl+C does: runserver's quick way out
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory):
+    yield from start_embedded(tmp_path_factory)
+
+
+class HeldCompletions(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that answers only once the test lets it."""
+
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.release.wait(20)
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Done."}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def slow_ai_server(tmp_path_factory):
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), HeldCompletions)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    try:
+        yield from start_embedded(
+            tmp_path_factory,
+            HANDOFF_AI_BACKEND="openai",
+            AI_BASE_URL=f"http://127.0.0.1:{backend.server_address[1]}/v1",
+            AI_API_KEY="test",
+        )
+    finally:
+        HeldCompletions.release.set()
+        backend.shutdown()
 
 
 def test_the_demo_page_and_the_widget_script_are_served(embedded_server):
@@ -77,3 +124,37 @@ async def test_a_customer_chats_with_the_ai_on_the_embedded_default(embedded_ser
                     break
         assert frame["seq"] == 2
         assert frame["specialist"] == "Tech Support"
+
+
+async def chat(port: int, text: str):
+    socket = await websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/support/")
+    await socket.send(json.dumps({"type": "hello", "visitor_token": None, "last_seq": 0}))
+    await socket.recv()
+    await socket.send(json.dumps({"type": "message", "text": text, "client_id": "x"}))
+    return socket
+
+
+async def frame_of(socket, predicate, timeout: float = 5) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads(await socket.recv())
+            if predicate(frame):
+                return frame
+
+
+async def test_a_slow_ai_reply_never_holds_up_other_customers(slow_ai_server):
+    first = await chat(slow_ai_server, "How do I reset my password?")
+    try:
+        await frame_of(first, lambda f: f["type"] == "typing" and f["on"])
+        # The first reply is still being written; a second customer is served meanwhile.
+        second = await chat(slow_ai_server, "Where can I download my invoices?")
+        try:
+            echo = await frame_of(second, lambda f: f["type"] == "message", timeout=3)
+            assert (echo["role"], echo["seq"]) == ("user", 1)
+        finally:
+            await second.close()
+        HeldCompletions.release.set()
+        reply = await frame_of(first, lambda f: f["type"] == "message" and f["role"] == "ai")
+        assert reply["text"] == "Done."
+    finally:
+        await first.close()

@@ -1,0 +1,1 @@
+"""Load benchmark of the realtime paths: the product on its production shape vs bare Channels."""
