@@ -15,14 +15,14 @@ import json
 import logging
 import uuid
 from importlib import import_module
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import get_user
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 
 from conversations import services
 from conversations.models import Conversation
@@ -108,10 +108,18 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                 return
 
     def _still_an_agent(self) -> bool:
-        # A fresh read of the session, the user row and the password hash, as a request does.
-        store = import_module(settings.SESSION_ENGINE).SessionStore
-        user = get_user(SimpleNamespace(session=store(self.scope["session"].session_key)))
-        return user.pk == self.user.pk and services.is_agent(user)
+        """Read the session, the user row and the password hash afresh (changing nothing)."""
+        session = import_module(settings.SESSION_ENGINE).SessionStore(
+            self.scope["session"].session_key
+        )
+        if str(session.get(SESSION_KEY)) != str(self.user.pk):
+            return False  # logged out, expired, or another login
+        user = get_user_model()._default_manager.filter(pk=self.user.pk).first()
+        if not services.is_agent(user):
+            return False  # deleted, deactivated, or no longer staff nor in Agents
+        stored = session.get(HASH_SESSION_KEY) or ""
+        hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+        return any(constant_time_compare(stored, known) for known in hashes)  # password changed
 
     async def dispatch(self, message: dict) -> None:
         """Run the handler without Channels' per-message hop to close old connections.

@@ -332,6 +332,7 @@ async def test_forged_and_foreign_tokens_answer_exactly_like_no_token(service_pa
         "",
         "null",
         token.replace(":", "\x00", 1),
+        "\ud800" + token,  # a lone surrogate: the signer cannot even encode it
     ]
     for forged in forgeries:
         async with Widget() as attacker:

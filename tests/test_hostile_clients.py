@@ -283,7 +283,7 @@ async def test_a_consumer_that_crashes_gives_its_socket_slot_back(service, setti
     assert (await widget.connect())[0]
     await widget.send({"type": "hello"})
     with pytest.raises(RuntimeError):
-        await widget.receive()
+        await widget.communicator.wait(5)  # the application ends with the bug's exception
     monkeypatch.undo()
     again = Widget()
     assert (await again.connect())[0], "the dead consumer kept the address's only slot"

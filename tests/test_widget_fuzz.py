@@ -86,6 +86,7 @@ UNICODE_EDGES = [
     "../../etc/passwd",
     "Europe/Berlin",
     "Etc/GMT+5\x00",
+    "\ud800:1vX2gA:a-signature-of-sorts",  # shaped like a signed token, unencodable
 ]
 
 json_scalars = (
@@ -265,6 +266,8 @@ def service(transactional_db) -> Service:
     return make_service()
 
 
+# A failure is shrunk to its smallest example, which takes longer than the suite's timeout.
+shrinking_may_take_minutes = pytest.mark.timeout(600)
 FUZZ = settings(
     max_examples=50,
     deadline=None,
@@ -272,6 +275,7 @@ FUZZ = settings(
 )
 
 
+@shrinking_may_take_minutes
 @FUZZ
 @given(
     before=st.lists(frames, max_size=4),
@@ -285,6 +289,7 @@ def test_any_frames_before_and_after_hello_get_contract_answers_and_store_nothin
     assert 1 <= len(ready) <= 2  # a fuzzed hello may have been the one to succeed
 
 
+@shrinking_may_take_minutes
 @FUZZ
 @given(frame=typed_frames())
 def test_every_field_of_every_frame_type_survives_wrong_types(service, frame):
