@@ -254,7 +254,11 @@ class Customer:
 
     def ai_latencies(self) -> tuple[list[float], int]:
         """Each in-window message's wait for its AI reply; and how many never got one."""
-        latencies, missing = [], 0
+        latencies = []
+        # A message the server never even acknowledged got no reply either.
+        missing = sum(
+            1 for s in self.sent if s.in_window and s.seq is None and s.at < self.ai_expected_until
+        )
         mine = sorted((s for s in self.sent if s.seq is not None), key=lambda s: s.seq)
         for n, sent in enumerate(mine):
             if not sent.in_window or sent.at >= self.ai_expected_until:

@@ -93,7 +93,7 @@ def category(names: list[str], files: list[str]) -> str:
         return "waiting on PostgreSQL"
     if "AsyncToSync.__call__" in joined:
         return "waiting on a hop to the event loop (async_to_sync)"
-    if names and names[-1] in {"select", "EpollSelector.select", "poll", "_poll"}:
+    if names and names[-1] in {"select", "EpollSelector.select", "poll", "_poll", "_epoll.poll"}:
         return "idle (event loop waiting)"
     if names and names[-1] in {"wait", "Condition.wait", "_worker", "get", "Queue.get", "sleep"}:
         return "idle (waiting for work)"
@@ -141,10 +141,11 @@ def summarise(path: Path, top: int = 10) -> dict:
 
 
 def _thread_name(first: str) -> str:
-    # py-spy --threads: "thread (1234): MainThread"; per-request executors share one bucket.
+    # py-spy --threads: "thread (1234): MainThread". Short-lived executors share one bucket:
+    # one per HTTP request in daphne, one per `async_to_sync` call outside an event loop.
     name = first.split(": ", 1)[-1] if first.startswith("thread") else first
     if name.startswith("ThreadPoolExecutor-") and not name.endswith("-0_0"):
-        return "ThreadPoolExecutor (per HTTP request)"
+        return "short-lived ThreadPoolExecutor threads"
     if name == "ThreadPoolExecutor-0_0":
         return "ThreadPoolExecutor-0_0 (the sync thread)"
     return name

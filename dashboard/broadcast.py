@@ -8,11 +8,12 @@ never choose what is sent to a group.
 Fan-out is batched at both ends, because per-event, per-socket work is what limits a
 Channels app (bench/README.md):
 - producers (a web process, each worker process) queue card ids, counter requests and
-  toasts in an `Outbox` and send them every `BATCH_SECONDS` as one layer message, building
-  every queued card in two queries; a card queued twice is sent once, at its latest state;
+  toasts in an `Outbox`, whose thread sends them at most every `BATCH_SECONDS` as one layer
+  message, reading every queued card in two queries; a card queued twice goes once, at its
+  latest state;
 - each web process has one `Hub` in the `console` group (not one member per console): it
   receives each batch once, merges what arrives within `HUB_SECONDS` and hands the result
-  to every console of the process, which encodes it once for all of them.
+  to every console of the process, encoding the frame once for all of them.
 On the in-memory layer (the embedded default, the tests) events go out immediately from the
 calling thread, as before: that layer's queues may only be touched from their event loop.
 """
@@ -387,8 +388,9 @@ class Hub:
                 await task
 
     async def _run(self, joined: asyncio.Future) -> None:
-        channel = await self.layer.new_channel()
+        channel = None
         try:
+            channel = await self.layer.new_channel()
             await self.layer.group_add(CONSOLE_GROUP, channel)
             joined.set_result(None)
             rejoin = time.monotonic() + HUB_REJOIN_SECONDS
@@ -400,6 +402,8 @@ class Hub:
                     await self.layer.group_add(CONSOLE_GROUP, channel)
                     rejoin = time.monotonic() + HUB_REJOIN_SECONDS
         except asyncio.CancelledError:
+            if not joined.done():
+                joined.cancel()
             raise
         except Exception:
             # The layer went away: close the consoles so they reconnect and resync, as a
@@ -411,8 +415,9 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await console.close(code=1011)
         finally:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self.layer.group_discard(CONSOLE_GROUP, channel))
+            if channel is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(self.layer.group_discard(CONSOLE_GROUP, channel))
 
     def take(self, events: list[dict]) -> None:
         self.pending.add(events)
