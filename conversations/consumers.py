@@ -9,7 +9,6 @@ import time
 from collections import deque
 from urllib.parse import urlsplit
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.cache import cache
@@ -17,6 +16,7 @@ from django.core.cache import cache
 from conversations import geo, protocol, selectors, services
 from conversations.models import Conversation, Service, Visitor
 from handoff import inprocess_beat
+from handoff.db import DirectDispatch, db
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _decode(text_data: str | None) -> object:
         return None
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
     """One customer's widget: hello, then messages, feedback and requests for a human."""
 
     service: Service | None = None
@@ -77,7 +77,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         inprocess_beat.ensure_started()
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        self.service = await database_sync_to_async(Service.objects.filter(slug=slug).first)()
+        self.service = await db(Service.objects.filter(slug=slug).first)()
         if self.service is None:
             await self.accept()
             await self.close(code=CLOSE_UNKNOWN_SERVICE)
@@ -87,7 +87,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.ip = geo.client_ip(self.scope, trusted_proxy_count=settings.TRUSTED_PROXY_COUNT)
-        if not await database_sync_to_async(self._take_socket_slot)():
+        if not await db(self._take_socket_slot)():
             logger.warning("widget socket refused: too many sockets from one address")
             await self.close()
             return
@@ -100,11 +100,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # A consumer that dies never reaches disconnect(): give its slot back anyway, or
             # each crash would lock its address out for SOCKET_COUNT_TTL.
             if self.ip_key:
-                await database_sync_to_async(self._release_socket_slot)()
+                await db(self._release_socket_slot)()
 
     async def disconnect(self, code: int) -> None:
         if self.ip_key:
-            await database_sync_to_async(self._release_socket_slot)()
+            await db(self._release_socket_slot)()
         if self.service is not None:
             await self.channel_layer.group_discard(
                 protocol.service_group(self.service.pk), self.channel_name
@@ -199,7 +199,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         timezone_name = content.get("timezone")
         if not isinstance(timezone_name, str):
             timezone_name = ""
-        visitor, token, conversation = await database_sync_to_async(self._hello)(
+        visitor, token, conversation = await db(self._hello)(
             content.get("visitor_token"), timezone_name, content.get("profile")
         )
         self.visitor = visitor
@@ -228,14 +228,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return visitor, token, services.open_conversation_for(visitor=visitor)
 
     async def on_message(self, content: dict) -> None:
-        if not await database_sync_to_async(self._within_rate_limit)():
+        if not await db(self._within_rate_limit)():
             await self.send_error(
                 "rate_limited",
                 "You're sending messages too quickly. Please wait a moment.",
                 content.get("client_id"),
             )
             return
-        posted = await database_sync_to_async(services.conversation_post_customer_message)(
+        posted = await db(services.conversation_post_customer_message)(
             visitor=self.visitor, text=content.get("text"), client_id=content.get("client_id")
         )
         message = posted.message
@@ -250,13 +250,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return cache.incr(key) <= settings.WIDGET_RATE_LIMIT
 
     async def on_feedback(self, content: dict) -> None:
-        message = await database_sync_to_async(services.message_give_feedback)(
+        message = await db(services.message_give_feedback)(
             visitor=self.visitor, seq=content.get("seq"), value=content.get("value")
         )
         await self.send_json(protocol.feedback_ok_frame(message))
 
     async def on_request_human(self, content: dict) -> None:
-        conversation = await database_sync_to_async(services.conversation_request_human)(
+        conversation = await db(services.conversation_request_human)(
             visitor=self.visitor, source="button"
         )
         if conversation.id != self.conversation_id:
@@ -267,9 +267,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error("bad_typing", "typing.on must be true or false.")
 
     async def on_end(self, content: dict) -> None:
-        conversation = await database_sync_to_async(services.conversation_end_by_customer)(
-            visitor=self.visitor
-        )
+        conversation = await db(services.conversation_end_by_customer)(visitor=self.visitor)
         if conversation is None:
             await self.send_error("no_conversation", "There is no open conversation to end.")
 
@@ -295,7 +293,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_json(protocol.status_frame(self.service, conversation))
 
     async def _catch_up(self) -> Conversation | None:
-        frames, conversation = await database_sync_to_async(self._frames_since)(self.last_seq_sent)
+        frames, conversation = await db(self._frames_since)(self.last_seq_sent)
         for frame in frames:
             if frame["seq"] > self.last_seq_sent:
                 self.last_seq_sent = frame["seq"]

@@ -6,15 +6,10 @@ under a prefixed layer type (`widget.frame`) that only the widget consumer handl
 
 from __future__ import annotations
 
-import logging
 from typing import Literal, TypedDict
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
 from conversations.models import Conversation, Message, Role, Service
-
-logger = logging.getLogger(__name__)
+from handoff import layer
 
 
 class ReadyFrame(TypedDict):
@@ -145,12 +140,9 @@ def error_frame(code: str, detail: str, client_id: object = None) -> ErrorFrame:
 
 
 def _group_send(group: str, frame: dict, layer_type: str = "widget.frame") -> None:
-    # Called after commit; a broken layer must not undo what was stored. Clients resync
-    # by `last_seq` when they reconnect.
-    try:
-        async_to_sync(get_channel_layer().group_send)(group, {"type": layer_type, "frame": frame})
-    except Exception:
-        logger.exception("could not publish %s to %s", frame.get("type"), group)
+    # Called after commit, and never waits nor raises: a broken layer must not undo what
+    # was stored. Clients resync by `last_seq` when they reconnect.
+    layer.group_send(group, {"type": layer_type, "frame": frame})
 
 
 def send_message(message: Message) -> None:

@@ -32,13 +32,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypedDict
 
-from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import connection
 
 from conversations.models import Conversation, Message, Service, Status
 from dashboard import cards
 from escalation.models import Flag
+from handoff.layer import sender as layer_sender
 
 logger = logging.getLogger(__name__)
 
@@ -177,16 +177,13 @@ def build(pending: Pending) -> list[tuple[str, dict]]:
     return messages
 
 
-def _send_now(group: str, message: dict) -> None:
-    async_to_sync(get_channel_layer().group_send)(group, message)
-
-
 class Outbox:
-    """This process's console events, sent in batches by a thread with its own event loop.
+    """This process's console events, sent in batches by a thread of their own.
 
     Callers (subscribers, after commit) only queue ids, so the request or task that caused
-    the change does no console work at all. The thread keeps one event loop, so the layer's
-    Redis connections are reused instead of opened per send, and one database connection.
+    the change does no console work at all. The thread reads each batch on one database
+    connection it keeps while batches keep coming, and hands the layer messages to the
+    process's sender (handoff/layer.py).
     """
 
     def __init__(self) -> None:
@@ -208,7 +205,7 @@ class Outbox:
             # Its queues belong to the caller's event loop: send from here, at once.
             pending = Pending()
             change(pending)
-            self._flush(pending, _send_now, own_connection=False)
+            self._flush(pending, own_connection=False)
             return
         with self.lock:
             change(self.pending)
@@ -223,11 +220,6 @@ class Outbox:
         return pending
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-
-        def send(group: str, message: dict) -> None:
-            loop.run_until_complete(get_channel_layer().group_send(group, message))
-
         last = 0.0
         while True:
             with self.ready:
@@ -240,9 +232,9 @@ class Outbox:
                         self.ready.wait()
             time.sleep(max(GATHER_SECONDS, last + BATCH_SECONDS - time.monotonic()))
             last = time.monotonic()
-            self._flush(self._take(), send, own_connection=True)
+            self._flush(self._take(), own_connection=True)
 
-    def _flush(self, pending: Pending, send: Send, *, own_connection: bool) -> None:
+    def _flush(self, pending: Pending, *, own_connection: bool) -> None:
         # After commit: a layer or database that is down must not undo what was stored;
         # consoles resync when they reconnect.
         for attempt in (1, 2):
@@ -256,22 +248,15 @@ class Outbox:
                 # The outbox thread's own connection may have gone stale: retry on a new one.
                 connection.close()
         for group, message in messages:
-            for attempt in (1, 2):
-                try:
-                    send(group, message)
-                    break
-                except Exception:
-                    # A pooled Redis connection dies with a Redis restart and fails once; the
-                    # retry gets a fresh one instead of dropping these events for good.
-                    if attempt == 2:
-                        logger.exception("could not publish console events to %s", group)
+            layer_sender.group_send(group, message)
 
     def drain(self) -> None:
         """Send what is still queued (at exit), from the calling thread."""
         pending = self._take()
         if pending:
             with contextlib.suppress(Exception):
-                self._flush(pending, _send_now, own_connection=False)
+                self._flush(pending, own_connection=False)
+        layer_sender.drain()
 
 
 outbox = Outbox()

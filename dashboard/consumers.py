@@ -17,8 +17,6 @@ import uuid
 from importlib import import_module
 from urllib.parse import urlsplit
 
-from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
@@ -28,6 +26,7 @@ from conversations import services
 from conversations.models import Conversation
 from dashboard import broadcast, cards
 from handoff import inprocess_beat
+from handoff.db import DirectDispatch, db
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def same_origin(scope: dict) -> bool:
     return urlsplit(origin).netloc.lower() == headers.get(b"host", b"").decode("latin-1").lower()
 
 
-class ConsoleConsumer(AsyncWebsocketConsumer):
+class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
     """One agent's console: a snapshot, then live cards, counters, modes and toasts."""
 
     user = None
@@ -70,7 +69,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         inprocess_beat.ensure_started()
         self.watched, self.pending, self.sent_versions, self.held = set(), [], {}, []
         user = self.scope.get("user")
-        if not same_origin(self.scope) or not await database_sync_to_async(services.is_agent)(user):
+        if not same_origin(self.scope) or not await db(services.is_agent)(user):
             await self.accept()
             await self.close(code=CLOSE_FORBIDDEN)
             return
@@ -102,7 +101,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         """
         while True:
             await asyncio.sleep(settings.CONSOLE_REAUTH_SECONDS)
-            if not await database_sync_to_async(self._still_an_agent)():
+            if not await db(self._still_an_agent)():
                 logger.info("console socket closed: agent %s no longer signed in", self.user.pk)
                 await self.close(code=CLOSE_FORBIDDEN)
                 return
@@ -120,19 +119,6 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         stored = session.get(HASH_SESSION_KEY) or ""
         hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
         return any(constant_time_compare(stored, known) for known in hashes)  # password changed
-
-    async def dispatch(self, message: dict) -> None:
-        """Run the handler without Channels' per-message hop to close old connections.
-
-        `AsyncConsumer.dispatch` calls `aclose_old_connections()` (a trip through the single
-        sync thread that also runs every widget's database work) before each handler. This
-        consumer touches the database only through `database_sync_to_async`, which closes
-        stale connections itself, so the hop is pure cost.
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     # --- Frames in ----------------------------------------------------------------------
 
@@ -174,7 +160,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         await self.send_events(self.select(held))
 
     async def _send_snapshot(self) -> None:
-        snapshot = await database_sync_to_async(cards.snapshot)()
+        snapshot = await db(cards.snapshot)()
         # A snapshot supersedes anything still waiting in the coalescing buffer.
         self.pending = []
         self.last_counters = snapshot["counters"]
@@ -198,7 +184,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             self.watched.discard(key)
             await self.channel_layer.group_discard(group, self.channel_name)
             return
-        exists = await database_sync_to_async(Conversation.objects.filter(pk=key).exists)()
+        exists = await db(Conversation.objects.filter(pk=key).exists)()
         if not exists:
             await self.send_json(
                 {"type": "error", "code": "not_found", "detail": "No such conversation."}
