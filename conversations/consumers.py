@@ -228,26 +228,32 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         return visitor, token, services.open_conversation_for(visitor=visitor)
 
     async def on_message(self, content: dict) -> None:
-        if not await db(self._within_rate_limit)():
+        posted = await db(self._post)(content.get("text"), content.get("client_id"))
+        if posted is None:
             await self.send_error(
                 "rate_limited",
                 "You're sending messages too quickly. Please wait a moment.",
                 content.get("client_id"),
             )
             return
-        posted = await db(services.conversation_post_customer_message)(
-            visitor=self.visitor, text=content.get("text"), client_id=content.get("client_id")
-        )
         message = posted.message
         if message.conversation_id != self.conversation_id:
             await self._follow(message.conversation_id)
         elif not posted.created:
             await self.send_json(protocol.message_frame(message))
 
-    def _within_rate_limit(self) -> bool:
+    def _post(self, text: object, client_id: object) -> services.Posted | None:
+        """Store the message, or None if this visitor is over WIDGET_RATE_LIMIT a minute."""
         key = f"widget-rate:{self.visitor.pk}"
-        cache.add(key, 0, 60)
-        return cache.incr(key) <= settings.WIDGET_RATE_LIMIT
+        try:
+            count = cache.incr(key)
+        except ValueError:  # the first message of this minute
+            count = 1 if cache.add(key, 1, 60) else cache.incr(key)
+        if count > settings.WIDGET_RATE_LIMIT:
+            return None
+        return services.conversation_post_customer_message(
+            visitor=self.visitor, text=text, client_id=client_id
+        )
 
     async def on_feedback(self, content: dict) -> None:
         message = await db(services.message_give_feedback)(

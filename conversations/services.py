@@ -377,11 +377,21 @@ def open_conversation_for(*, visitor: Visitor) -> Conversation | None:
 # --- Customer actions ------------------------------------------------------------------------
 
 
+def _locked_open(visitor: Visitor) -> Conversation | None:
+    """The visitor's open conversation, locked for the rest of the transaction, if any."""
+    return (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("service", "claimed_by")
+        .filter(visitor=visitor, service_id=visitor.service_id, status=Status.OPEN)
+        .first()
+    )
+
+
 def _open_or_start(*, visitor: Visitor, opening_question: str) -> Conversation:
     """Lock the visitor's open conversation, starting one if there is none."""
-    existing = open_conversation_for(visitor=visitor)
+    existing = _locked_open(visitor)
     if existing is not None:
-        return _locked(existing.pk)
+        return existing
     service = visitor.service
     specialist = service.specialists.order_by("position", "name").first()
     try:
@@ -394,7 +404,7 @@ def _open_or_start(*, visitor: Visitor, opening_question: str) -> Conversation:
                 opening_question=opening_question[:MAX_MESSAGE_LENGTH],
             )
     except IntegrityError:
-        return _locked(open_conversation_for(visitor=visitor).pk)
+        return _locked_open(visitor)
     _audit(AuditAction.CONVERSATION_STARTED, conversation=conversation, actor_kind="visitor")
     conversation = _locked(conversation.pk)
     # Decide on the service row read just now, not `visitor.service`: a socket's visitor caches
@@ -431,11 +441,15 @@ def conversation_post_customer_message(
         raise BadClientId()  # NUL or a lone surrogate: it could be neither stored nor matched
     text = clean_text(text)
     with transaction.atomic():
-        repeat = _stored_with_client_id(visitor, client_id)
-        if repeat is not None:
-            return Posted(message=repeat, created=False)
-        conversation = _open_or_start(visitor=visitor, opening_question=text)
-        # Checked again under the conversation lock: a twin frame may have just committed.
+        conversation = _locked_open(visitor)
+        if conversation is None:
+            # Not a conversation to start if this is a resend of a message stored before
+            # the last one closed.
+            repeat = _stored_with_client_id(visitor, client_id)
+            if repeat is not None:
+                return Posted(message=repeat, created=False)
+            conversation = _open_or_start(visitor=visitor, opening_question=text)
+        # Checked under the conversation lock: a twin frame may have just committed.
         repeat = _stored_with_client_id(visitor, client_id)
         if repeat is not None:
             return Posted(message=repeat, created=False)

@@ -24,9 +24,15 @@ SENTIMENT_LOOKBACK = 10
 
 
 def policy_for(service: Service) -> EscalationPolicy:
-    """The service's policy, created with the defaults the first time it is needed."""
-    policy, _ = EscalationPolicy.objects.get_or_create(service=service)
-    return policy
+    """The service's policy, created with the defaults the first time it is needed.
+
+    Free when the service was read with `select_related("escalation_policy")`.
+    """
+    try:
+        return service.escalation_policy
+    except EscalationPolicy.DoesNotExist:
+        policy, _ = EscalationPolicy.objects.get_or_create(service=service)
+        return policy
 
 
 def _needs_attention(conversation: Conversation) -> bool:
@@ -101,7 +107,11 @@ def message_screen(*, message_id: int) -> None:
     the AI's reply is dispatched, so a customer asking for a person is never answered by
     the AI first.
     """
-    message = Message.objects.select_related("conversation__service").filter(pk=message_id).first()
+    message = (
+        Message.objects.select_related("conversation__service__escalation_policy")
+        .filter(pk=message_id)
+        .first()
+    )
     if message is None or message.role != Role.USER:
         return
     conversation = message.conversation
@@ -169,7 +179,11 @@ def _score(message: Message) -> float:
 
 def message_score_sentiment(*, message_id: int) -> Flag | None:
     """Score a customer message with VADER and flag the conversation if the mood turned."""
-    message = Message.objects.select_related("conversation__service").filter(pk=message_id).first()
+    message = (
+        Message.objects.select_related("conversation__service__escalation_policy")
+        .filter(pk=message_id)
+        .first()
+    )
     if message is None or message.role != Role.USER:
         return None
     _score(message)
@@ -215,7 +229,11 @@ def _classify(message: Message) -> bool:
 
 def message_check_answer(*, message_id: int) -> list[Flag]:
     """Decide whether an AI reply answered; flag non-answers and streaks of them."""
-    message = Message.objects.select_related("conversation__service").filter(pk=message_id).first()
+    message = (
+        Message.objects.select_related("conversation__service__escalation_policy")
+        .filter(pk=message_id)
+        .first()
+    )
     if message is None or message.role != Role.AI:
         return []
     raised: list[Flag] = []

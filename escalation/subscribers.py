@@ -14,7 +14,9 @@ def on_message_posted(event: events.MessagePosted) -> None:
         services.message_screen(message_id=event.message_id)
         dispatch(tasks.score_sentiment, event.message_id)
     elif event.role == "ai":
-        dispatch(tasks.check_answer, event.message_id)
+        # Two queries, run where the reply was posted (the AI's task) rather than in a task
+        # of its own; the beat sweep (`score_unscored_messages`) catches what a crash missed.
+        services.message_check_answer(message_id=event.message_id)
 
 
 def on_feedback(event: events.FeedbackGiven) -> None:
