@@ -11,8 +11,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.core.signals import request_finished  # noqa: E402
 
+from handoff.db import close_request_connection  # noqa: E402
 from handoff.routing import websocket_urlpatterns  # noqa: E402
+
+request_finished.connect(close_request_connection)
 
 
 def _close_oversized_frames_with_1009() -> None:

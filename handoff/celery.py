@@ -59,23 +59,6 @@ def _survive_broker_loss_with_tasks_in_flight() -> None:
 _survive_broker_loss_with_tasks_in_flight()
 
 
-@signals.celeryd_init.connect
-def _worker_keeps_its_connection(**kwargs) -> None:
-    """A worker process runs one task at a time: one persistent connection, not a pool.
-
-    Web processes share a pool between threads (settings.py); a pool does not survive the
-    fork into the worker's pool processes, and Celery closes it after every task, so each
-    task would pay for new connections. Instead each pool process keeps its one connection
-    (`CELERY_DB_REUSE_MAX` stops Celery closing it per task) and Django replaces it when it
-    is broken or older than `WORKER_DATABASE_CONN_MAX_AGE` (see `_check_connection`).
-    """
-    from django.conf import settings
-
-    database = settings.DATABASES["default"]
-    if database.get("OPTIONS", {}).pop("pool", None):
-        database["CONN_MAX_AGE"] = settings.WORKER_DATABASE_CONN_MAX_AGE
-
-
 @signals.worker_process_shutdown.connect
 def _send_what_is_queued(**kwargs) -> None:
     from dashboard.broadcast import outbox
@@ -86,6 +69,11 @@ def _send_what_is_queued(**kwargs) -> None:
 @signals.task_prerun.connect
 @signals.task_postrun.connect
 def _check_connection(task=None, **kwargs) -> None:
+    """Keep the worker process's connection across tasks, replacing it when broken or old.
+
+    Celery's Django fixup would close it after every task (`CELERY_DB_REUSE_MAX` stops that),
+    so each task would pay for a new connection and a cold PostgreSQL backend.
+    """
     if task is None or getattr(task.request, "is_eager", False):
         return  # in-process: the caller's connection and transaction, not the worker's
     from django.db import close_old_connections

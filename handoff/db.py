@@ -1,4 +1,4 @@
-"""Database work from a consumer's event loop."""
+"""Database connections and threads: database work from a consumer's event loop."""
 
 from __future__ import annotations
 
@@ -7,17 +7,37 @@ from collections.abc import Callable
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import connections
 
 
 def db(func: Callable) -> Callable:
     """`func` made awaitable, run where the database can take it.
 
-    With a connection pool (PostgreSQL in production) on any of the event loop's worker
-    threads, so one socket's queries never wait behind another's; on SQLite (the embedded
-    default) on Channels' one shared thread, as one file takes one writer at a time anyway.
-    Either way, stale connections are closed before and after, as Channels does.
+    On PostgreSQL on any of the event loop's few worker threads, so one socket's queries
+    never wait behind another's (each thread keeps its connection, `DATABASE_CONN_MAX_AGE`);
+    on SQLite (the embedded default) on Channels' one shared thread, as one file takes one
+    writer at a time anyway. Either way, broken or old connections are closed before and
+    after, as Channels does.
     """
-    return database_sync_to_async(func, thread_sensitive=not settings.DATABASE_POOL)
+    return database_sync_to_async(func, thread_sensitive=_single_writer())
+
+
+def _single_writer() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
+
+
+def close_request_connection(**kwargs) -> None:
+    """At the end of an HTTP request, close the connection of its thread.
+
+    Under ASGI each request's sync code runs in a thread of its own that ends with the
+    request: a persistent connection left there would stay open, unused, until the thread's
+    objects are collected (measured: 62 connections after 125 requests on one daphne
+    process). Connected to `request_finished` by handoff/asgi.py. A connection inside a
+    transaction (a test's) is left alone.
+    """
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 class DirectDispatch:

@@ -120,28 +120,19 @@ TEMPLATES = [
 ]
 
 if DATABASE_URL:
-    # A pool of connections per process, not a connection per thread: the sockets' database
-    # work runs on several threads at once (handoff/db.py), and under ASGI every HTTP request
-    # has a thread of its own; with persistent connections each thread would keep its own
-    # open until PostgreSQL runs out (measured: 62 after 125 requests on one daphne process),
-    # and without them every call would pay for a new connection and a cold backend.
-    # Celery worker processes keep one persistent connection instead (handoff/celery.py).
-    DATABASE_POOL = envbool("DATABASE_POOL", True)
+    # Persistent connections, one per thread that does database work: the few threads that
+    # serve the sockets (handoff/db.py) and each Celery worker process keep theirs between
+    # calls (Django replaces one that is broken or older than this); daphne's per-request
+    # threads close theirs when the request ends (handoff.db.close_request_connection),
+    # since each request has a thread of its own that ends with it.
     DATABASES = {
         "default": dj_database_url.parse(
             DATABASE_URL,
-            conn_max_age=0 if DATABASE_POOL else envint("DATABASE_CONN_MAX_AGE", 0),
+            conn_max_age=envint("DATABASE_CONN_MAX_AGE", 600),
             conn_health_checks=True,
         )
     }
-    if DATABASE_POOL:
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            "min_size": envint("DATABASE_POOL_MIN", 2),
-            "max_size": envint("DATABASE_POOL_MAX", 16),
-            "timeout": 10,
-        }
 else:
-    DATABASE_POOL = False
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -220,7 +211,6 @@ CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
 # Worker processes keep their database connection across tasks (handoff/celery.py): Celery
 # would otherwise close it after every task.
 CELERY_DB_REUSE_MAX = 1_000_000
-WORKER_DATABASE_CONN_MAX_AGE = envint("WORKER_DATABASE_CONN_MAX_AGE", 600)
 HANDOFF_TASKS_IN_BACKGROUND = envbool("HANDOFF_TASKS_IN_BACKGROUND", EMBEDDED)
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_SERIALIZER = "json"

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import pytest
 from channels.layers import channel_layers
-from channels.testing import application as channels_testing_application
 from django.contrib.auth.models import Group, Permission
 from django.core.cache import cache
-from django.db import close_old_connections, connections
 
 from conversations.models import KnowledgeEntry, Mode, Service, Specialist
-
-# Channels' test communicator turns off the closing of database connections after each
-# `database_sync_to_async` call while a test waits on a socket (it suits tests inside one
-# transaction). Consumers here run their database work on pooled threads, as in production,
-# and every consumer test is transactional: keep closing, so each call gives its pooled
-# connection back instead of leaking it when the test's event loop goes away.
-channels_testing_application.no_op = close_old_connections
-
-
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
-    """The test database, whose pooled connections are closed before it is dropped."""
-    yield
-    with django_db_blocker.unblock():
-        for connection in connections.all():
-            if getattr(connection, "pool", None):
-                connection.close_pool()
 
 
 @pytest.fixture(autouse=True)
