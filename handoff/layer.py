@@ -50,7 +50,7 @@ class Sender:
                 logger.exception("could not publish to %s", group)
             return
         loop, queue = self._started()
-        loop.call_soon_threadsafe(queue.put_nowait, (group, message))
+        loop.call_soon_threadsafe(queue.put_nowait, (layer, group, message))
 
     def _started(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
         with self.lock:
@@ -72,9 +72,8 @@ class Sender:
         loop.run_until_complete(self._send_forever())
 
     async def _send_forever(self) -> None:
-        layer = get_channel_layer()
         while True:
-            group, message = await self.queue.get()
+            layer, group, message = await self.queue.get()
             try:
                 for attempt in (1, 2):
                     try:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from channels.layers import channel_layers
 from django.contrib.auth.models import Group, Permission
 from django.core.cache import cache
 
 from conversations.models import KnowledgeEntry, Mode, Service, Specialist
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """The test database; before it is dropped, the connections of finished threads close.
+
+    Consumers run their database work on the event loop's worker threads, and Channels'
+    test communicator leaves those threads' connections open while a test waits on a socket;
+    the threads are gone by the end of the session, their connections not yet collected.
+    """
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
