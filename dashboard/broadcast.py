@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypedDict
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.db import connection
+from django.db import close_old_connections, connection
 
 from conversations.models import Conversation, Message, Service, Status
 from dashboard import cards
@@ -50,7 +50,7 @@ PREVIEW_LENGTH = 140
 BATCH_SECONDS = 0.04
 HUB_SECONDS = 0.02
 GATHER_SECONDS = 0.003
-# The outbox keeps its database connection while batches keep coming, not while idle.
+# After this long without a batch the outbox checks its database connection is still good.
 IDLE_SECONDS = 0.25
 # The core Redis layer forgets group members after a day; the hub re-joins well before.
 HUB_REJOIN_SECONDS = 3600
@@ -182,8 +182,8 @@ class Outbox:
 
     Callers (subscribers, after commit) only queue ids, so the request or task that caused
     the change does no console work at all. The thread reads each batch on one database
-    connection it keeps while batches keep coming, and hands the layer messages to the
-    process's sender (handoff/layer.py).
+    connection it keeps, and hands the layer messages to the process's sender
+    (handoff/layer.py).
     """
 
     def __init__(self) -> None:
@@ -225,8 +225,9 @@ class Outbox:
             with self.ready:
                 idle = not self.pending and not self.ready.wait(IDLE_SECONDS)
             if idle:
-                # Quiet: give the database connection back until the next batch.
-                connection.close()
+                # Quiet: the connection is kept as settings say (`DATABASE_CONN_MAX_AGE`),
+                # and checked before it is used again.
+                close_old_connections()
                 with self.ready:
                     while not self.pending:
                         self.ready.wait()
