@@ -67,7 +67,6 @@ def _send_what_is_queued(**kwargs) -> None:
 
 
 @signals.task_prerun.connect
-@signals.task_postrun.connect
 def _check_connection(task=None, **kwargs) -> None:
     """Keep the worker process's connection across tasks, replacing it when broken or old.
 

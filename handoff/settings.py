@@ -207,10 +207,10 @@ else:
 CELERY_BROKER_URL = env("CELERY_BROKER_URL") or REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
-# In-process tasks run in a thread beside the server rather than inside a socket's turn.
 # Worker processes keep their database connection across tasks (handoff/celery.py): Celery
 # would otherwise close it after every task.
 CELERY_DB_REUSE_MAX = 1_000_000
+# In-process tasks run in a thread beside the server rather than inside a socket's turn.
 HANDOFF_TASKS_IN_BACKGROUND = envbool("HANDOFF_TASKS_IN_BACKGROUND", EMBEDDED)
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_SERIALIZER = "json"

@@ -16,6 +16,7 @@ import contextlib
 import json
 import random
 import uuid
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
 
@@ -27,7 +28,7 @@ BACKOFF_MAX = 1.0
 WIDGET_ORIGIN = "https://shop.example"
 
 
-class ReconnectingClient:
+class ReconnectingClient(ABC):
     """A socket that keeps reconnecting until closed, with waiters on its state."""
 
     path = "/"
@@ -66,8 +67,9 @@ class ReconnectingClient:
         await self.close()
 
     @property
+    @abstractmethod
     def ready(self) -> bool:
-        raise NotImplementedError
+        """True once the client has what its first connection should give it."""
 
     async def _run(self) -> None:
         attempt = 0
@@ -106,15 +108,15 @@ class ReconnectingClient:
             attempt += 1
             await asyncio.sleep(cap / 2 + random.random() * cap / 2)
 
-    async def on_open(self, socket) -> None:
-        pass
+    async def on_open(self, socket) -> None:  # noqa: B027 - an optional hook
+        """Called after each (re)connection, before frames are read."""
 
+    @abstractmethod
     async def on_frame(self, frame: dict) -> bool:
         """Apply one frame; True when it proves the connection healthy (resets the backoff)."""
-        raise NotImplementedError
 
-    def on_close(self) -> None:
-        pass
+    def on_close(self) -> None:  # noqa: B027 - an optional hook
+        """Called when a connection ends."""
 
     async def send(self, frame: dict) -> bool:
         socket = self.socket
