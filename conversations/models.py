@@ -59,6 +59,9 @@ class Service(models.Model):
         "resumes. 0 waits forever.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Changes whenever any specialist or knowledge entry does (conversations.selectors), so
+    # processes can keep what the AI needs in memory and know when to read it again.
+    knowledge_version = models.UUIDField(default=uuid.uuid4, editable=False)
 
     class Meta:
         ordering = ["name"]

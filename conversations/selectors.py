@@ -2,12 +2,75 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+
 from django.db.models import QuerySet
 
 from conversations.ai.base import AIRequest, KnowledgeItem, SpecialistInfo, Turn
-from conversations.models import Conversation, KnowledgeEntry, Message
+from conversations.models import Conversation, KnowledgeEntry, Message, Service, Specialist
 
 AI_CONTEXT_MESSAGES = 20
+
+
+@dataclass(frozen=True)
+class ServiceKnowledge:
+    """A service's specialists (in order) and active knowledge, as the AI reads them."""
+
+    specialists: tuple[Specialist, ...]
+    items: tuple[KnowledgeItem, ...]
+
+    def specialist(self, name: str | None) -> Specialist | None:
+        return next((s for s in self.specialists if s.name == name), None)
+
+
+# service pk -> (its knowledge_version when read, what was read); one entry per service.
+_knowledge: dict[int, tuple[uuid.UUID, ServiceKnowledge]] = {}
+
+
+def service_knowledge(service: Service) -> ServiceKnowledge:
+    """What `service`'s AI knows, read once per change of its `knowledge_version`.
+
+    Every reply needs all of it, and it changes only when an admin edits it: a process keeps
+    it in memory and reads it again when the service row it already has says it changed.
+    """
+    cached = _knowledge.get(service.pk)
+    if cached is not None and cached[0] == service.knowledge_version:
+        return cached[1]
+    specialists = tuple(service.specialists.order_by("position", "name"))
+    by_id = {specialist.pk: specialist for specialist in specialists}
+    entries = KnowledgeEntry.objects.filter(service=service, is_active=True).order_by("pk")
+    knowledge = ServiceKnowledge(
+        specialists=specialists,
+        items=tuple(
+            KnowledgeItem(
+                id=entry.pk,
+                specialist=by_id[entry.specialist_id].name if entry.specialist_id in by_id else None,
+                question=entry.question,
+                answer=entry.answer,
+            )
+            for entry in entries
+        ),
+    )
+    _knowledge[service.pk] = (service.knowledge_version, knowledge)
+    return knowledge
+
+
+def knowledge_moving(sender, instance, **kwargs) -> None:
+    """Receiver before a specialist or knowledge entry is saved: note the service it had."""
+    if instance.pk is not None:
+        instance.knowledge_service_was = (
+            sender.objects.filter(pk=instance.pk).values_list("service_id", flat=True).first()
+        )
+
+
+def knowledge_changed(sender, instance, **kwargs) -> None:
+    """Receiver after a specialist or knowledge entry is saved or deleted.
+
+    Its service gets a new knowledge version, and so does the one it moved from.
+    """
+    services = {instance.service_id, getattr(instance, "knowledge_service_was", None)}
+    Service.objects.filter(pk__in=services - {None}).update(knowledge_version=uuid.uuid4())
 
 
 def messages_after(*, conversation: Conversation, after_seq: int = 0) -> QuerySet[Message]:
@@ -21,12 +84,7 @@ def messages_after(*, conversation: Conversation, after_seq: int = 0) -> QuerySe
 def ai_request_for(*, conversation: Conversation, upto_seq: int) -> AIRequest:
     """Everything a responder needs to answer the customer message numbered `upto_seq`."""
     service = conversation.service
-    specialists = list(service.specialists.order_by("position", "name"))
-    entries = (
-        KnowledgeEntry.objects.filter(service=service, is_active=True)
-        .select_related("specialist")
-        .order_by("pk")
-    )
+    knowledge = service_knowledge(service)
     recent = list(
         conversation.messages.filter(seq__lte=upto_seq)
         .order_by("-seq")
@@ -36,17 +94,9 @@ def ai_request_for(*, conversation: Conversation, upto_seq: int) -> AIRequest:
         service_name=service.name,
         specialists=tuple(
             SpecialistInfo(name=s.name, description=s.description, instructions=s.instructions)
-            for s in specialists
+            for s in knowledge.specialists
         ),
         current_specialist=conversation.specialist.name if conversation.specialist_id else None,
-        knowledge=tuple(
-            KnowledgeItem(
-                id=entry.pk,
-                specialist=entry.specialist.name if entry.specialist_id else None,
-                question=entry.question,
-                answer=entry.answer,
-            )
-            for entry in entries
-        ),
+        knowledge=knowledge.items,
         transcript=tuple(Turn(role=role, text=text) for role, text in reversed(recent)),
     )

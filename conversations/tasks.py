@@ -69,15 +69,16 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     conversation = message.conversation
     if not services.ai_should_answer(conversation) or conversation.ai_epoch != epoch:
         return None
-    if conversation.messages.filter(seq__gt=message.seq, role=Role.AI).exists():
+    if (
+        conversation.message_count > message.seq
+        and conversation.messages.filter(seq__gt=message.seq, role=Role.AI).exists()
+    ):
         return None  # answered already: this is a re-delivery
     protocol.send_typing(conversation.id, True)
     try:
         request = selectors.ai_request_for(conversation=conversation, upto_seq=message.seq)
         reply = get_responder().reply(request)
-        specialist = None
-        if reply.specialist:
-            specialist = conversation.service.specialists.filter(name=reply.specialist).first()
+        specialist = selectors.service_knowledge(conversation.service).specialist(reply.specialist)
         posted = services.conversation_post_ai_message(
             conversation_id=conversation_id,
             reply_to=message,

@@ -98,3 +98,64 @@ def test_the_sweep_leaves_paused_and_human_only_conversations_alone(service, age
     services.conversation_post_customer_message(visitor=visitor, text="still there?", client_id="q")
     with time_machine.travel(timezone.now() + timedelta(seconds=30)):
         assert tasks.answer_unanswered_messages.apply().get() == 0
+
+
+def ask(service, text: str) -> Message:
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    return services.conversation_post_customer_message(
+        visitor=visitor, text=text, client_id="k"
+    ).message
+
+
+def answer_to(message: Message) -> Message:
+    run_reply(message)
+    return Message.objects.filter(conversation_id=message.conversation_id, role=Role.AI).last()
+
+
+def test_replies_read_the_knowledge_once_until_an_admin_changes_it(service):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    first = ask(service, "How do I get a refund?")
+    answer_to(first)
+    second = services.conversation_post_customer_message(
+        visitor=first.conversation.visitor, text="Where can I download my invoices?", client_id="2"
+    ).message
+    with CaptureQueriesContext(connection) as read:
+        reply = answer_to(second)
+    assert reply.text.startswith("Invoices are under")
+    assert reply.specialist.name == "Billing"
+    tables = [(q["sql"].partition(" FROM ")[2].split() or [""])[0] for q in read.captured_queries]
+    assert '"conversations_knowledgeentry"' not in tables
+    assert '"conversations_specialist"' not in tables
+
+
+def test_an_edited_entry_is_answered_with_its_new_text(service):
+    from conversations.models import KnowledgeEntry
+
+    answer_to(ask(service, "How do I get a refund?"))
+    entry = KnowledgeEntry.objects.get(service=service, question__startswith="How do I get a")
+    entry.answer = "Refunds now take one click under Billing."
+    entry.save()
+    assert answer_to(ask(service, "How do I get a refund?")).text == entry.answer
+
+
+def test_an_entry_moved_or_deleted_is_no_longer_known_where_it_was(service):
+    from conversations.ai.knowledge_base import NON_ANSWER_TEXT
+    from conversations.models import KnowledgeEntry, Specialist
+    from tests.conftest import make_service
+
+    other = make_service(slug="other", name="Other")
+    answer_to(ask(service, "How do I get a refund?"))
+    answer_to(ask(other, "How do I get a refund?"))
+    KnowledgeEntry.objects.filter(service=other, question__startswith="How do I get a").delete()
+    moved = KnowledgeEntry.objects.get(service=service, question__startswith="How do I get a")
+    moved.service, moved.specialist = other, None
+    moved.save()
+    assert answer_to(ask(service, "How do I get a refund?")).text == NON_ANSWER_TEXT
+    assert answer_to(ask(other, "How do I get a refund?")).text == moved.answer
+
+    Specialist.objects.filter(service=service, name="Billing").delete()
+    invoices = answer_to(ask(service, "Where can I download my invoices?"))
+    assert invoices.text.startswith("Invoices are under")
+    assert invoices.specialist.name == "Tech Support"  # the service's default now
