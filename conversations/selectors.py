@@ -38,14 +38,14 @@ def service_knowledge(service: Service) -> ServiceKnowledge:
     if cached is not None and cached[0] == service.knowledge_version:
         return cached[1]
     specialists = tuple(service.specialists.order_by("position", "name"))
-    by_id = {specialist.pk: specialist for specialist in specialists}
+    names = {specialist.pk: specialist.name for specialist in specialists}
     entries = KnowledgeEntry.objects.filter(service=service, is_active=True).order_by("pk")
     knowledge = ServiceKnowledge(
         specialists=specialists,
         items=tuple(
             KnowledgeItem(
                 id=entry.pk,
-                specialist=by_id[entry.specialist_id].name if entry.specialist_id in by_id else None,
+                specialist=names.get(entry.specialist_id),
                 question=entry.question,
                 answer=entry.answer,
             )
