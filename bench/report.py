@@ -141,7 +141,8 @@ def table(result: dict) -> str:
         f"{env['python']}, Django {env['django']}, Channels {env['channels']}, channels-redis "
         f"{env['channels_redis']}, daphne {env['daphne']}; layer "
         f"{result['options'].get('layer') or 'settings default'}; loadavg at start "
-        f"{env['loadavg_at_start']}"
+        f"{env['loadavg_at_start']}; Python speed {env.get('python_speed_ms', '?')} ms "
+        "(a fixed loop: higher is a slower machine)"
     )
     rows = []
     for entry in result.get("loads", []):
@@ -166,6 +167,7 @@ def table(result: dict) -> str:
                     data["updates_per_s"],
                     data["server_cpu_s"],
                     data.get("updates_per_cpu_s"),
+                    data.get("cpu_ms_per_message"),
                     data["generator_cpu_s"],
                     "/".join(str(x) for x in entry["loadavg_before"]),
                 ]
@@ -188,6 +190,7 @@ def table(result: dict) -> str:
                     "upd/s",
                     "srv CPU-s",
                     "upd/CPU-s",
+                    "CPU ms/msg",
                     "gen CPU-s",
                     "loadavg",
                 ],

@@ -139,6 +139,7 @@ class Run:
             "daphne": daphne.__version__,
             "kernel": platform.release(),
             "loadavg_at_start": procstat.loadavg(),
+            "python_speed_ms": procstat.python_speed_ms(),
         }
 
     def env(self, database: str, redis_port: int) -> dict[str, str]:
@@ -316,6 +317,9 @@ class Run:
             raw["updates_per_cpu_s"] = round(raw["updates_in_window"] / servers, 1)
         if everything > 0:
             raw["updates_per_cpu_s_all"] = round(raw["updates_in_window"] / everything, 1)
+        if raw["messages_in_window"]:
+            # Meaningful while the product keeps up: a backlog moves CPU out of the window.
+            raw["cpu_ms_per_message"] = round(1000 * everything / raw["messages_in_window"], 1)
         raw["loadgen_pid"] = generator_pid
         return raw
 
