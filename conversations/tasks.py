@@ -74,10 +74,12 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
         and conversation.messages.filter(seq__gt=message.seq, role=Role.AI).exists()
     ):
         return None  # answered already: this is a re-delivery
-    protocol.send_typing(conversation.id, True)
+    responder = get_responder()
+    if responder.typing_indicator:
+        protocol.send_typing(conversation.id, True)
     try:
         request = selectors.ai_request_for(conversation=conversation, upto_seq=message.seq)
-        reply = get_responder().reply(request)
+        reply = responder.reply(request)
         specialist = selectors.service_knowledge(conversation.service).specialist(reply.specialist)
         posted = services.conversation_post_ai_message(
             conversation_id=conversation_id,
@@ -90,7 +92,8 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
             evidence=reply.evidence,
         )
     finally:
-        protocol.send_typing(conversation.id, False)
+        if responder.typing_indicator:
+            protocol.send_typing(conversation.id, False)
     return posted.seq if posted else None
 
 

@@ -159,3 +159,22 @@ def test_an_entry_moved_or_deleted_is_no_longer_known_where_it_was(service):
     invoices = answer_to(ask(service, "Where can I download my invoices?"))
     assert invoices.text.startswith("Invoices are under")
     assert invoices.specialist.name == "Tech Support"  # the service's default now
+
+
+@pytest.mark.parametrize("backend, frames", [("knowledge_base", []), ("openai", [True, False])])
+def test_typing_frames_surround_only_replies_that_take_a_while(
+    question, settings, monkeypatch, backend, frames
+):
+    from conversations import protocol
+    from conversations.ai import AIReply, OpenAIResponder
+
+    sent = []
+    monkeypatch.setattr(protocol, "send_typing", lambda conversation_id, on: sent.append(on))
+    monkeypatch.setattr(
+        OpenAIResponder,
+        "reply",
+        lambda self, request: AIReply("From the model.", None, 0.9, False, {}),
+    )
+    settings.HANDOFF_AI_BACKEND = backend
+    assert run_reply(question) == 2
+    assert sent == frames

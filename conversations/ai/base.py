@@ -58,6 +58,10 @@ class AIReply:
 class Responder(Protocol):
     """Anything that turns an AIRequest into an AIReply without raising."""
 
+    # Whether customers see "typing" while it works: worth two frames per reply to every
+    # widget for a remote model that takes seconds, not for an answer computed at once.
+    typing_indicator: bool
+
     def reply(self, request: AIRequest) -> AIReply: ...
 
 

@@ -400,6 +400,8 @@ def default_specialist(request: AIRequest) -> str | None:
 class KnowledgeBaseResponder:
     """Answer with the best-matching knowledge entry, or admit not knowing."""
 
+    typing_indicator = False  # the answer is ready in milliseconds
+
     def __init__(self, threshold: float | None = None) -> None:
         if threshold is None:
             threshold = setting("HANDOFF_KB_THRESHOLD", DEFAULT_THRESHOLD)

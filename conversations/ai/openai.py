@@ -42,6 +42,8 @@ class BackendError(Exception):
 class OpenAIResponder:
     """Ask a chat-completions model, with the specialist's instructions and top knowledge."""
 
+    typing_indicator = True
+
     def __init__(
         self,
         base_url: str | None = None,
