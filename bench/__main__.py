@@ -25,6 +25,12 @@ def parse(argv: list[str]) -> Options:
     run.add_argument("--warmup", type=float, default=None, help="seconds before measuring")
     run.add_argument("--layer", choices=["core", "pubsub"], default=None)
     run.add_argument("--worker-concurrency", type=int, default=4)
+    run.add_argument(
+        "--worker-pool",
+        choices=["prefork", "threads"],
+        default=None,
+        help="the worker's pool (default: the Procfile's)",
+    )
     run.add_argument("--idle-sockets", type=int, default=1000)
     run.add_argument("--snapshot-open", type=int, action="append", default=None)
     run.add_argument("--races", type=int, default=3)
@@ -68,6 +74,7 @@ def parse(argv: list[str]) -> Options:
         warmup=args.warmup,
         layer=args.layer,
         worker_concurrency=args.worker_concurrency,
+        worker_pool=args.worker_pool,
         idle_sockets=args.idle_sockets,
         snapshot_open=tuple(args.snapshot_open or (200, 2000)),
         races=args.races,

@@ -49,6 +49,7 @@ class Options:
     warmup: float | None = None
     layer: str | None = None
     worker_concurrency: int = 4
+    worker_pool: str | None = None
     idle_sockets: int = 1000
     idle_warm: int = 50
     idle_settle: float = 3
@@ -185,7 +186,9 @@ class Run:
             )
             for n in range(load.web)
         ]
-        worker = stack.start_worker(self.processes, env, self.options.worker_concurrency)
+        worker = stack.start_worker(
+            self.processes, env, self.options.worker_concurrency, self.options.worker_pool
+        )
         ping = stack.start_ops("worker-ping", env, "--name", "celery")
         try:
             for web in webs:

@@ -276,10 +276,14 @@ def wait_daphne(process: Process, *, health: bool) -> None:
     wait_for(healthy, timeout=60, what=process.name, process=process)
 
 
-def start_worker(processes: Processes, env: dict[str, str], concurrency: int) -> Process:
+def start_worker(
+    processes: Processes, env: dict[str, str], concurrency: int, pool: str | None = None
+) -> Process:
     # The Procfile's worker command.
     argv = [PYTHON, "-m", "celery", "-A", "handoff", "worker", "--loglevel=INFO"]
     argv += [f"--concurrency={concurrency}"]
+    if pool:
+        argv += [f"--pool={pool}"]
     return processes.spawn("worker", argv, env)
 
 
