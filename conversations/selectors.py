@@ -23,6 +23,9 @@ class ServiceKnowledge:
     def specialist(self, name: str | None) -> Specialist | None:
         return next((s for s in self.specialists if s.name == name), None)
 
+    def specialist_name(self, pk: int | None) -> str | None:
+        return next((s.name for s in self.specialists if s.pk == pk), None)
+
 
 # service pk -> (its knowledge_version when read, what was read); one entry per service.
 _knowledge: dict[int, tuple[uuid.UUID, ServiceKnowledge]] = {}
@@ -96,7 +99,7 @@ def ai_request_for(*, conversation: Conversation, upto_seq: int) -> AIRequest:
             SpecialistInfo(name=s.name, description=s.description, instructions=s.instructions)
             for s in knowledge.specialists
         ),
-        current_specialist=conversation.specialist.name if conversation.specialist_id else None,
+        current_specialist=knowledge.specialist_name(conversation.specialist_id),
         knowledge=knowledge.items,
         transcript=tuple(Turn(role=role, text=text) for role, text in reversed(recent)),
     )

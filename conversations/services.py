@@ -602,12 +602,14 @@ def conversation_post_ai_message(
     text = clean_text(text)[:MAX_MESSAGE_LENGTH]
     with transaction.atomic():
         conversation = _locked(conversation_id)
-        latest_user_seq = (
-            conversation.messages.filter(role=Role.USER)
-            .order_by("-seq")
-            .values_list("seq", flat=True)
-            .first()
-        )
+        latest_user_seq = reply_to.seq  # the common case: nothing was said since
+        if conversation.message_count > reply_to.seq:
+            latest_user_seq = (
+                conversation.messages.filter(role=Role.USER)
+                .order_by("-seq")
+                .values_list("seq", flat=True)
+                .first()
+            )
         reason = None
         if not ai_should_answer(conversation):
             reason = "paused_or_closed"

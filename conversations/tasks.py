@@ -60,7 +60,7 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     """Answer the customer message `message_id`; returns the reply's seq, or None if dropped."""
     message = (
         Message.objects.filter(pk=message_id, role=Role.USER)
-        .select_related("conversation__service", "conversation__specialist")
+        .select_related("conversation__service")
         .first()
     )
     if message is None:
