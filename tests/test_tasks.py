@@ -178,3 +178,17 @@ def test_typing_frames_surround_only_replies_that_take_a_while(
     settings.HANDOFF_AI_BACKEND = backend
     assert run_reply(question) == 2
     assert sent == frames
+
+
+def test_a_reply_to_a_question_the_customer_followed_up_is_dropped(question):
+    from conversations.models import AuditEvent
+
+    follow_up = services.conversation_post_customer_message(
+        visitor=question.conversation.visitor,
+        text="Where can I download my invoices?",
+        client_id="f",
+    ).message
+    assert run_reply(question) is None
+    dropped = AuditEvent.objects.get(action="ai_reply_dropped")
+    assert dropped.detail["reason"] == "superseded"
+    assert run_reply(follow_up) == 3
