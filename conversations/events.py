@@ -39,6 +39,19 @@ class MessagePosted:
 
 
 @dataclass(frozen=True)
+class CustomerMessageReceived:
+    """A customer message's task started in the worker, before the AI answers it.
+
+    Delivered with `deliver_now` (not after a commit): subscribers do the slow checks there,
+    so that their outcome (a hand-off) comes before the AI's reply, and their transient errors
+    make the task retry.
+    """
+
+    conversation_id: UUID
+    message_id: int
+
+
+@dataclass(frozen=True)
 class ConversationChanged:
     conversation_id: UUID
     change: ChangeKind
@@ -66,7 +79,12 @@ class ServiceModeChanged:
 
 
 DomainEvent = (
-    MessagePosted | ConversationChanged | FeedbackGiven | HumanRequested | ServiceModeChanged
+    MessagePosted
+    | CustomerMessageReceived
+    | ConversationChanged
+    | FeedbackGiven
+    | HumanRequested
+    | ServiceModeChanged
 )
 E = TypeVar("E", bound=DomainEvent)
 
@@ -87,6 +105,12 @@ def unsubscribe(event_type: type[E], handler: Callable[[E], None]) -> None:
 def publish(event: DomainEvent) -> None:
     """Deliver `event` to its subscribers once the current transaction commits."""
     transaction.on_commit(lambda: _deliver(event))
+
+
+def deliver_now(event: DomainEvent) -> None:
+    """Call `event`'s subscribers at once, letting their errors reach the caller (a task)."""
+    for handler in list(_subscribers[type(event)]):
+        handler(event)
 
 
 def _deliver(event: DomainEvent) -> None:

@@ -258,7 +258,8 @@ def _set_paused(conversation: Conversation, *, waiting: bool, now: datetime) -> 
     conversation.save(update_fields=["ai_paused", "ai_epoch", "waiting_since", "version"])
 
 
-def _enqueue_ai_reply(conversation: Conversation, message: Message) -> None:
+def _enqueue_worker_turn(conversation: Conversation, message: Message) -> None:
+    """After commit, one task per customer message: its slow checks, then the AI's answer."""
     from conversations import tasks
 
     conversation_id, message_id, epoch = str(conversation.id), message.pk, conversation.ai_epoch
@@ -459,8 +460,7 @@ def conversation_post_customer_message(
         message = _append(
             conversation, role=Role.USER, text=text, client_id=client_id, actor_kind="visitor"
         )
-        if ai_should_answer(conversation):
-            _enqueue_ai_reply(conversation, message)
+        _enqueue_worker_turn(conversation, message)
     return Posted(message=message, created=True)
 
 

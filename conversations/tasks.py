@@ -9,7 +9,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
-from conversations import protocol, selectors, services
+from conversations import events, protocol, selectors, services
 from conversations.ai import get_responder
 from conversations.models import Conversation, Message, Role
 
@@ -57,7 +57,16 @@ def dispatch_later(task, *args, countdown: int) -> None:
     autoretry_for=TRANSIENT, retry_backoff=True, retry_jitter=True, max_retries=5, acks_late=True
 )
 def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int | None:
-    """Answer the customer message `message_id`; returns the reply's seq, or None if dropped."""
+    """The worker's turn on a customer message: the slow checks, then the AI's answer if it may.
+
+    Dispatched once per customer message, whether or not the AI may answer, so that one
+    task does both (escalation scores the mood on `CustomerMessageReceived`); a hand-off that
+    the checks cause is committed before the AI would answer. Returns the reply's seq, or
+    None if there is no reply.
+    """
+    events.deliver_now(
+        events.CustomerMessageReceived(conversation_id=conversation_id, message_id=message_id)
+    )
     message = (
         Message.objects.filter(pk=message_id, role=Role.USER)
         .select_related("conversation__service")

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from conversations import events
-from conversations.tasks import dispatch
-from escalation import services, tasks
+from escalation import services
 
 WAITING_CHANGES = {"started", "handed_off", "released", "mode_applied"}
 
 
 def on_message_posted(event: events.MessagePosted) -> None:
     if event.role == "user":
+        # The mood is scored in the message's own task (`on_customer_message_received`).
         services.message_screen(message_id=event.message_id)
-        dispatch(tasks.score_sentiment, event.message_id)
     elif event.role == "ai":
         # Two queries, run where the reply was posted (the AI's task) rather than in a task
         # of its own; the beat sweep (`score_unscored_messages`) catches what a crash missed.
         services.message_check_answer(message_id=event.message_id)
+
+
+def on_customer_message_received(event: events.CustomerMessageReceived) -> None:
+    services.message_score_sentiment(message_id=event.message_id)
 
 
 def on_feedback(event: events.FeedbackGiven) -> None:

@@ -304,10 +304,12 @@ class ConversationMachine(RuleBasedStateMachine):
         conversation = Conversation.objects.select_related("service").get(
             pk=message.conversation_id
         )
-        enqueued = message.pk in REPLY_TASKS
-        assert enqueued == answers, "a reply task where the AI may not answer, or none where it may"
-        epoch = REPLY_TASKS.get(message.pk, conversation.ai_epoch)
-        return Question(message.conversation_id, message.pk, message.seq, epoch, enqueued)
+        # Every customer message gets its task (the slow checks run there even when the AI
+        # may not answer); `enqueued` records whether the AI was to answer it.
+        assert message.pk in REPLY_TASKS, "a customer message without its task"
+        epoch = REPLY_TASKS[message.pk]
+        assert epoch == conversation.ai_epoch
+        return Question(message.conversation_id, message.pk, message.seq, epoch, answers)
 
     def reply_may_land(self, question: Question) -> bool:
         """What the contract says of a reply to `question` generated under its epoch."""
@@ -326,9 +328,13 @@ class ConversationMachine(RuleBasedStateMachine):
 
     @rule(question=questions)
     def the_ai_reply_task_runs(self, question: Question) -> None:
-        """The real Celery task for `question`, run whenever the slow AI gets to it."""
-        if not question.enqueued:
-            return
+        """The real Celery task for `question`, run whenever the worker gets to it.
+
+        Its first step scores the customer's mood (which may hand the conversation off);
+        running that step here first lets the contract be read after it. It is idempotent, so
+        the task's own run of it changes nothing more.
+        """
+        escalation.message_score_sentiment(message_id=question.message_id)
         may_land = self.reply_may_land(question)
         seq = tasks.generate_ai_reply(
             str(question.conversation_id), question.message_id, question.epoch

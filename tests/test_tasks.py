@@ -192,3 +192,35 @@ def test_a_reply_to_a_question_the_customer_followed_up_is_dropped(question):
     dropped = AuditEvent.objects.get(action="ai_reply_dropped")
     assert dropped.detail["reason"] == "superseded"
     assert run_reply(follow_up) == 3
+
+
+@pytest.mark.parametrize("mode", ["human_supported", "human_only"])
+def test_each_customer_message_costs_one_task_whether_or_not_the_ai_answers(
+    service, monkeypatch, django_capture_on_commit_callbacks, mode
+):
+    dispatched = []
+    monkeypatch.setattr(tasks, "dispatch", lambda task, *args: dispatched.append(task.name))
+    service.mode = mode
+    service.save()
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.conversation_post_customer_message(
+            visitor=visitor, text="How do I reset my password?", client_id="one"
+        )
+    assert dispatched == ["conversations.tasks.generate_ai_reply"]
+
+
+def test_an_upset_customer_is_handed_off_before_the_ai_would_answer(service):
+    from escalation.models import Flag
+
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    message = services.conversation_post_customer_message(
+        visitor=visitor,
+        text="This is awful, I hate this terrible useless service. Worst support ever!",
+        client_id="upset",
+    ).message
+    assert run_reply(message) is None
+    conversation = Conversation.objects.get(pk=message.conversation_id)
+    assert conversation.ai_paused and conversation.waiting_since is not None
+    assert Flag.objects.filter(conversation=conversation, reason="negative_sentiment").exists()
+    assert not Message.objects.filter(conversation=conversation, role=Role.AI).exists()
