@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeVar
 from uuid import UUID
 
 from django.db import transaction
+
+if TYPE_CHECKING:
+    from conversations.models import Message
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ class MessagePosted:
     message_id: int
     seq: int
     role: str
+    # The message as it was stored, with its conversation and service: subscribers (in the
+    # process that posted it) read nothing again.
+    message: Message = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,11 @@ def _append(
     )
     events.publish(
         events.MessagePosted(
-            conversation_id=conversation.id, message_id=message.pk, seq=message.seq, role=role
+            conversation_id=conversation.id,
+            message_id=message.pk,
+            seq=message.seq,
+            role=role,
+            message=message,
         )
     )
     transaction.on_commit(lambda: protocol.send_message(message))

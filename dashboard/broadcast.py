@@ -1,9 +1,9 @@
 """The console's wire format (SPEC §5) and the only code that sends it.
 
-Every console event is built here, from the database after commit, and sent to one of two
-groups: `console` (every agent console: cards, counters, modes, attention) and the watchers
-of one conversation (its messages). Layer messages are typed `console.event`; a client can
-never choose what is sent to a group.
+Every console event is built here after commit, cards and counters from the database, and
+sent to the `console` group: cards, counters, modes, toasts, and the messages of every
+conversation, which each console passes on only if it watches that conversation. Layer
+messages are typed `console.event`; a client can never choose what is sent to a group.
 
 Fan-out is batched at both ends, because per-event, per-socket work is what limits a
 Channels app (bench/README.md):
@@ -99,10 +99,6 @@ ConsoleEvent = (
 )
 
 
-def watch_group(conversation_id) -> str:
-    return f"console.c.{conversation_id}"
-
-
 # --- Building events ---------------------------------------------------------------------------
 
 
@@ -132,16 +128,13 @@ def card_event(conversation_id) -> CardEvent | CardRemovedEvent | None:
     return found[0] if found else None
 
 
-def message_events(message_ids: Iterable[int]) -> list[MessageEvent]:
-    messages = Message.objects.select_related("author", "specialist").filter(pk__in=message_ids)
-    return [
-        {
-            "type": "message",
-            "conversation_id": str(message.conversation_id),
-            "message": cards.message_payload(message),
-        }
-        for message in messages.order_by("conversation_id", "seq")
-    ]
+def message_event(message: Message) -> MessageEvent:
+    """A new transcript line, from the message as it was stored (no query)."""
+    return {
+        "type": "message",
+        "conversation_id": str(message.conversation_id),
+        "message": cards.message_payload(message),
+    }
 
 
 # --- Producing: the outbox ---------------------------------------------------------------------
@@ -154,27 +147,24 @@ class Pending:
     card_ids: dict[str, None] = field(default_factory=dict)
     counters: bool = False
     events: list[ConsoleEvent] = field(default_factory=list)
-    message_ids: list[int] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.card_ids or self.counters or self.events or self.message_ids)
+        return bool(self.card_ids or self.counters or self.events or self.messages)
 
 
 Send = Callable[[str, dict], None]
 
 
-def build(pending: Pending) -> list[tuple[str, dict]]:
-    """The layer messages for a batch, read now (so at the newest state): (group, message)."""
+def build(pending: Pending) -> list[ConsoleEvent]:
+    """A batch's events, cards and counters read now (so at their newest state)."""
     events: list[ConsoleEvent] = [*card_events(pending.card_ids)]
     if pending.counters:
         events.append({"type": "counters", "counters": cards.counters()})
     # Toasts after the cards, so a console shows the flagged card with its toast.
     events.extend(pending.events)
-    messages = [(CONSOLE_GROUP, {"type": "console.event", "events": events})] if events else []
-    for event in message_events(pending.message_ids) if pending.message_ids else []:
-        group = watch_group(event["conversation_id"])
-        messages.append((group, {"type": "console.event", "event": event}))
-    return messages
+    events.extend(message_event(message) for message in pending.messages)
+    return events
 
 
 class Outbox:
@@ -240,7 +230,7 @@ class Outbox:
         # consoles resync when they reconnect.
         for attempt in (1, 2):
             try:
-                messages = build(pending)
+                events = build(pending)
                 break
             except Exception:
                 if attempt == 2 or not own_connection:
@@ -248,8 +238,8 @@ class Outbox:
                     return
                 # The outbox thread's own connection may have gone stale: retry on a new one.
                 connection.close()
-        for group, message in messages:
-            layer_sender.group_send(group, message)
+        if events:
+            layer_sender.group_send(CONSOLE_GROUP, {"type": "console.event", "events": events})
 
     def drain(self) -> None:
         """Send what is still queued (at exit), from the calling thread."""
@@ -278,10 +268,9 @@ def send_service(service: Service) -> None:
     outbox.queue(lambda p: p.events.append(event))
 
 
-def send_message(message: Message | int) -> None:
+def send_message(message: Message) -> None:
     """A new transcript line, for the consoles watching its conversation."""
-    message_id = message if isinstance(message, int) else message.pk
-    outbox.queue(lambda p: p.message_ids.append(message_id))
+    outbox.queue(lambda p: p.messages.append(message))
 
 
 def send_attention(flag: Flag, *, new: bool) -> None:
@@ -383,7 +372,7 @@ class Hub:
             while True:
                 message = await self.layer.receive(channel)
                 if message.get("type") == "console.event":
-                    self.take(message["events"] if "events" in message else [message["event"]])
+                    self.take(message["events"])
                 if time.monotonic() > rejoin:
                     await self.layer.group_add(CONSOLE_GROUP, channel)
                     rejoin = time.monotonic() + HUB_REJOIN_SECONDS

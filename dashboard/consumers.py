@@ -1,11 +1,10 @@
 """The agent console's socket, `/ws/console/` (SPEC §5): it only moves events.
 
-Events from the groups are coalesced for a short window and sent as one `batch` frame:
-a card changed twice in the window goes out once at its newest version, and counters go
-out only when they differ from what this console last saw. Console-wide events reach this
-socket through its process's hub (`broadcast.Hub`), which receives each batch once for all
-the consoles of the process; a watched conversation's messages come through the socket's
-own channel.
+Events reach this socket through its process's hub (`broadcast.Hub`), which receives each
+batch once for all the consoles of the process, coalesces what arrives within a short
+window and sends it as one `batch` frame: a card changed twice in the window goes out once
+at its newest version. Each console then drops what it has already shown (counters that
+did not change, card versions it has) and the messages of conversations it does not watch.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from handoff.db import DirectDispatch, db
 logger = logging.getLogger(__name__)
 
 CLOSE_FORBIDDEN = 4403
-COALESCE_SECONDS = 0.05
 MAX_WATCHED = 20
 
 
@@ -57,8 +55,6 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
     live = False
     held: list[dict]
     watched: set[str]
-    pending: list[dict]
-    flush_handle: asyncio.TimerHandle | None = None
     reauth_task: asyncio.Task | None = None
     last_counters: dict | None = None
     # The newest version of each card this socket has shown: a card is published once per
@@ -67,7 +63,7 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         inprocess_beat.ensure_started()
-        self.watched, self.pending, self.sent_versions, self.held = set(), [], {}, []
+        self.watched, self.sent_versions, self.held = set(), {}, []
         user = self.scope.get("user")
         if not same_origin(self.scope) or not await db(services.is_agent)(user):
             await self.accept()
@@ -81,18 +77,12 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
         self.reauth_task = asyncio.ensure_future(self.reauthenticate())
 
     async def disconnect(self, code: int) -> None:
-        if self.flush_handle:
-            self.flush_handle.cancel()
         if self.reauth_task:
             self.reauth_task.cancel()
         if self.user is None:
             return
         if self.hub is not None:
             await self.hub.discard(self)
-        for conversation_id in list(self.watched):
-            await self.channel_layer.group_discard(
-                broadcast.watch_group(conversation_id), self.channel_name
-            )
 
     async def reauthenticate(self) -> None:
         """Close with 4403 once the agent logs out, is deactivated or stops being an agent.
@@ -161,8 +151,6 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def _send_snapshot(self) -> None:
         snapshot = await db(cards.snapshot)()
-        # A snapshot supersedes anything still waiting in the coalescing buffer.
-        self.pending = []
         self.last_counters = snapshot["counters"]
         self.sent_versions = {
             card["id"]: card["version"]
@@ -179,10 +167,8 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 {"type": "error", "code": "not_found", "detail": "No such conversation."}
             )
             return
-        group = broadcast.watch_group(key)
         if not on:
             self.watched.discard(key)
-            await self.channel_layer.group_discard(group, self.channel_name)
             return
         exists = await db(Conversation.objects.filter(pk=key).exists)()
         if not exists:
@@ -191,47 +177,10 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
             )
             return
         if key not in self.watched and len(self.watched) >= MAX_WATCHED:
-            oldest = next(iter(self.watched))
-            await self.set_watch(oldest, False)
+            self.watched.discard(next(iter(self.watched)))  # the one watched longest
         self.watched.add(key)
-        await self.channel_layer.group_add(group, self.channel_name)
 
     # --- Events out ---------------------------------------------------------------------
-
-    async def console_event(self, message: dict) -> None:
-        for event in message["events"] if "events" in message else [message["event"]]:
-            self.coalesce(event)
-        if self.flush_handle is None:
-            loop = asyncio.get_running_loop()
-            self.flush_handle = loop.call_later(
-                COALESCE_SECONDS, lambda: asyncio.ensure_future(self.flush())
-            )
-
-    def coalesce(self, event: dict) -> None:
-        kind = event["type"]
-        if kind == "card":
-            card_id, version = event["card"]["id"], event["card"]["version"]
-            for earlier in self.pending:
-                same = earlier["type"] == "card" and earlier["card"]["id"] == card_id
-                if same and earlier["card"]["version"] >= version:
-                    return
-            self.pending = [
-                e for e in self.pending if not (e["type"] == "card" and e["card"]["id"] == card_id)
-            ]
-        elif kind == "card_removed":
-            self.pending = [
-                e
-                for e in self.pending
-                if not (e["type"] == "card" and e["card"]["id"] == event["id"])
-            ]
-        elif kind == "counters":
-            self.pending = [e for e in self.pending if e["type"] != "counters"]
-        self.pending.append(event)
-
-    async def flush(self) -> None:
-        self.flush_handle = None
-        events, self.pending = self.pending, []
-        await self.send_events(self.select(events))
 
     def from_hub(self, events: list[dict]) -> list[dict]:
         """What to send now of a batch from the hub (nothing while a snapshot is under way)."""
@@ -255,6 +204,8 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 self.sent_versions[card_id] = version
             elif event["type"] == "card_removed":
                 self.sent_versions.pop(event["id"], None)
+            elif event["type"] == "message" and event["conversation_id"] not in self.watched:
+                continue  # a transcript line goes only to the consoles watching it
             outgoing.append(event)
         return outgoing
 

@@ -10,8 +10,8 @@ from escalation.models import Flag
 
 
 def on_message_posted(event: events.MessagePosted) -> None:
-    # Ids only: the outbox reads the message and the card when it sends the batch.
-    broadcast.send_message(event.message_id)
+    # The outbox reads the card when it sends the batch; the message is as it was stored.
+    broadcast.send_message(event.message)
     broadcast.send_card(event.conversation_id)
 
 

@@ -100,19 +100,14 @@ def conversation_flag_waiting(*, conversation_id) -> Flag | None:
     )
 
 
-def message_screen(*, message_id: int) -> None:
+def message_screen(*, message: Message) -> None:
     """Check a customer message for admin keywords and a request for a human, at once.
 
     Cheap and synchronous on purpose: it runs right after the message commits and before
     the AI's reply is dispatched, so a customer asking for a person is never answered by
-    the AI first.
+    the AI first. `message` comes with its conversation and service, as it was stored.
     """
-    message = (
-        Message.objects.select_related("conversation__service__escalation_policy")
-        .filter(pk=message_id)
-        .first()
-    )
-    if message is None or message.role != Role.USER:
+    if message.role != Role.USER:
         return
     conversation = message.conversation
     service = conversation.service
@@ -179,11 +174,7 @@ def _score(message: Message) -> float:
 
 def message_score_sentiment(*, message_id: int) -> Flag | None:
     """Score a customer message with VADER and flag the conversation if the mood turned."""
-    message = (
-        Message.objects.select_related("conversation__service__escalation_policy")
-        .filter(pk=message_id)
-        .first()
-    )
+    message = message_with_policy(message_id)
     if message is None or message.role != Role.USER:
         return None
     _score(message)
@@ -227,14 +218,18 @@ def _classify(message: Message) -> bool:
     return bool(message.non_answer)
 
 
-def message_check_answer(*, message_id: int) -> list[Flag]:
-    """Decide whether an AI reply answered; flag non-answers and streaks of them."""
-    message = (
+def message_with_policy(message_id: int) -> Message | None:
+    """The message with its conversation, service and escalation policy, in one query."""
+    return (
         Message.objects.select_related("conversation__service__escalation_policy")
         .filter(pk=message_id)
         .first()
     )
-    if message is None or message.role != Role.AI:
+
+
+def message_check_answer(*, message: Message) -> list[Flag]:
+    """Decide whether an AI reply answered; flag non-answers and streaks of them."""
+    if message.role != Role.AI:
         return []
     raised: list[Flag] = []
     if not _classify(message):
@@ -289,5 +284,6 @@ def messages_unscored(*, older_than_seconds: int = 30, batch: int = 200) -> dict
     for pk in users:
         message_score_sentiment(message_id=pk)
     for pk in replies:
-        message_check_answer(message_id=pk)
+        if reply := message_with_policy(pk):
+            message_check_answer(message=reply)
     return {"sentiment": len(users), "non_answer": len(replies)}

@@ -11,11 +11,11 @@ WAITING_CHANGES = {"started", "handed_off", "released", "mode_applied"}
 def on_message_posted(event: events.MessagePosted) -> None:
     if event.role == "user":
         # The mood is scored in the message's own task (`on_customer_message_received`).
-        services.message_screen(message_id=event.message_id)
+        services.message_screen(message=event.message)
     elif event.role == "ai":
-        # Two queries, run where the reply was posted (the AI's task) rather than in a task
-        # of its own; the beat sweep (`score_unscored_messages`) catches what a crash missed.
-        services.message_check_answer(message_id=event.message_id)
+        # Run where the reply was posted (the AI's task) rather than in a task of its own;
+        # the beat sweep (`score_unscored_messages`) catches what a crash missed.
+        services.message_check_answer(message=event.message)
 
 
 def on_customer_message_received(event: events.CustomerMessageReceived) -> None:

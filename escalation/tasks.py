@@ -26,7 +26,8 @@ def score_sentiment(message_id: int) -> bool:
 @shared_task(**RETRY)
 def check_answer(message_id: int) -> int:
     """Classify an AI reply; raise `non_answer` and `repeated_failures` as they apply."""
-    return len(services.message_check_answer(message_id=message_id))
+    message = services.message_with_policy(message_id)
+    return len(services.message_check_answer(message=message)) if message else 0
 
 
 @shared_task(**RETRY)

@@ -251,3 +251,25 @@ async def test_client_frames_cannot_inject_events(service, agent, agent2):
         await one.send({"type": "watch", "conversation_id": "not-a-uuid"})
         assert (await one.receive())["code"] == "not_found"
         assert await two.communicator.receive_nothing(0.3)
+
+
+def test_a_batch_reads_its_cards_and_sends_messages_as_they_were_stored(
+    service, django_assert_num_queries
+):
+    from dashboard import broadcast
+
+    visitor, _ = services.visitor_identify(service=service, token=None)
+    posted = [
+        services.conversation_post_customer_message(visitor=visitor, text=text, client_id=text)
+        for text in ("Hello?", "Where can I download my invoices?")
+    ]
+    pending = broadcast.Pending()
+    pending.card_ids[str(posted[0].message.conversation_id)] = None
+    pending.messages.extend(p.message for p in posted)
+    with django_assert_num_queries(2):  # the cards and their flags; no message is read again
+        events = broadcast.build(pending)
+    assert [e["type"] for e in events] == ["card", "message", "message"]
+    assert [e["message"]["text"] for e in events[1:]] == [
+        "Hello?",
+        "Where can I download my invoices?",
+    ]

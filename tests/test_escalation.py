@@ -134,7 +134,7 @@ def test_the_same_detector_twice_raises_one_flag(chat):
     message = chat("What's the weather like on Mars today?")
     reply = message.conversation.messages.get(role=Role.AI)
     for _ in range(3):
-        escalation.message_check_answer(message_id=reply.pk)
+        escalation.message_check_answer(message=escalation.message_with_policy(reply.pk))
     assert Flag.objects.filter(reason=Reason.NON_ANSWER).count() == 1
 
 

@@ -25,3 +25,27 @@ async def test_the_worker_answers_from_the_knowledge_base_without_typing_frames(
         assert await w.nothing(0.3)
         # The answer is computed at once: dots that flash for milliseconds are just traffic.
         assert [f for f in w.frames if f["type"] == "typing"] == []
+
+
+async def test_only_the_console_watching_a_conversation_gets_its_messages(service, agent, agent2):
+    from tests.console import Console
+
+    async with Widget() as w, Console(agent) as watcher, Console(agent2) as other:
+        await w.hello()
+        echo = await w.say("How do I reset my password?")
+        await w.message(echo["seq"] + 1, timeout=15)
+        [status] = [f for f in w.frames if f["type"] == "status"]
+        await watcher.send({"type": "watch", "conversation_id": status["conversation_id"]})
+        await other.events()
+        await watcher.events()
+        echo = await w.say("Where can I download my invoices?")
+        reply = await w.message(echo["seq"] + 1, timeout=15)
+        watched = await watcher.events(quiet=0.5)
+        # The customer's line comes from the web process, the AI's from the worker.
+        messages = [
+            (e["message"]["seq"], e["message"]["role"]) for e in watched if e["type"] == "message"
+        ]
+        assert messages == [(echo["seq"], "user"), (reply["seq"], "ai")]
+        unwatched = await other.events(quiet=0.5)
+        assert [e for e in unwatched if e["type"] == "message"] == []
+        assert any(e["type"] == "card" for e in unwatched)
