@@ -1,21 +1,24 @@
 """The console's wire format (SPEC §5) and the only code that sends it.
 
-Every console event is built here after commit, cards and counters from the database, and
-sent to the `console` group: cards, counters, modes, toasts, and the messages of every
-conversation, which each console passes on only if it watches that conversation. Layer
-messages are typed `console.event`; a client can never choose what is sent to a group.
+Every console event is built here and reaches the consoles through the `console` group:
+cards, counters, modes, toasts, and the messages of every conversation, which each console
+passes on only if it watches that conversation. Layer messages are typed `console.event`;
+a client can never choose what is sent to a group.
 
 Fan-out is batched at both ends, because per-event, per-socket work is what limits a
 Channels app (bench/README.md):
-- producers (a web process, each worker process) queue card ids, counter requests and
-  toasts in an `Outbox`, whose thread sends them at most every `BATCH_SECONDS` as one layer
-  message, reading every queued card in two queries; a card queued twice goes once, at its
-  latest state;
+- producers (a web process, each worker process) queue what changed in an `Outbox`: the
+  ids of changed cards, whether counters may have changed, and ready-made events (toasts,
+  modes, transcript lines from the message as it was stored). Its thread sends them at most
+  every `BATCH_SECONDS` as one layer message, without a query;
 - each web process has one `Hub` in the `console` group (not one member per console): it
-  receives each batch once, merges what arrives within `HUB_SECONDS` and hands the result
-  to every console of the process, encoding the frame once for all of them.
-On the in-memory layer (the embedded default, the tests) events go out immediately from the
-calling thread, as before: that layer's queues may only be touched from their event loop.
+  merges the batches that arrive within `HUB_SECONDS`, reads every changed card (and the
+  counters) once, in two or three queries, at their newest state, and hands the result to
+  every console of the process, encoding the frame once for all of them. Cards changed by
+  several producers in one window (a customer's message in the web process, the AI's reply
+  in a worker) are read once.
+On the in-memory layer (the embedded default, the tests) batches go out immediately from the
+calling thread: that layer's queues may only be touched from their event loop.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypedDict
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.db import close_old_connections, connection
 
 from conversations.models import Conversation, Message, Service, Status
 from dashboard import cards
 from escalation.models import Flag
+from handoff.db import db
 from handoff.layer import sender as layer_sender
 
 logger = logging.getLogger(__name__)
@@ -50,8 +53,6 @@ PREVIEW_LENGTH = 140
 BATCH_SECONDS = 0.04
 HUB_SECONDS = 0.02
 GATHER_SECONDS = 0.003
-# After this long without a batch the outbox checks its database connection is still good.
-IDLE_SECONDS = 0.25
 # The core Redis layer forgets group members after a day; the hub re-joins well before.
 HUB_REJOIN_SECONDS = 3600
 
@@ -142,7 +143,10 @@ def message_event(message: Message) -> MessageEvent:
 
 @dataclass
 class Pending:
-    """What is waiting for the next batch; cards by id, so a card queued twice goes once."""
+    """What waits for the next batch (in an outbox, or in a hub: there without `messages`).
+
+    Cards by id, so a card queued twice is read and sent once, at its newest state.
+    """
 
     card_ids: dict[str, None] = field(default_factory=dict)
     counters: bool = False
@@ -153,27 +157,39 @@ class Pending:
         return bool(self.card_ids or self.counters or self.events or self.messages)
 
 
-Send = Callable[[str, dict], None]
+def outgoing(pending: Pending) -> dict:
+    """An outbox's batch as one layer message: the cards to read and ready-made events."""
+    return {
+        "type": "console.event",
+        "cards": list(pending.card_ids),
+        "counters": pending.counters,
+        "events": [*pending.events, *(message_event(m) for m in pending.messages)],
+    }
+
+
+def incoming(pending: Pending, message: dict) -> None:
+    """Add a batch received from the layer to what a hub has pending."""
+    pending.card_ids.update(dict.fromkeys(message["cards"]))
+    pending.counters = pending.counters or message["counters"]
+    pending.events.extend(message["events"])
 
 
 def build(pending: Pending) -> list[ConsoleEvent]:
-    """A batch's events, cards and counters read now (so at their newest state)."""
+    """A hub's events: the cards and counters read now (so at their newest state) first."""
     events: list[ConsoleEvent] = [*card_events(pending.card_ids)]
     if pending.counters:
         events.append({"type": "counters", "counters": cards.counters()})
     # Toasts after the cards, so a console shows the flagged card with its toast.
     events.extend(pending.events)
-    events.extend(message_event(message) for message in pending.messages)
     return events
 
 
 class Outbox:
     """This process's console events, sent in batches by a thread of their own.
 
-    Callers (subscribers, after commit) only queue ids, so the request or task that caused
-    the change does no console work at all. The thread reads each batch on one database
-    connection it keeps, and hands the layer messages to the process's sender
-    (handoff/layer.py).
+    Callers (subscribers, after commit) only queue ids and ready-made events, so the
+    request or task that caused the change does no console work at all. The thread hands
+    each batch to the process's sender (handoff/layer.py); the hubs read the cards.
     """
 
     def __init__(self) -> None:
@@ -195,7 +211,7 @@ class Outbox:
             # Its queues belong to the caller's event loop: send from here, at once.
             pending = Pending()
             change(pending)
-            self._flush(pending, own_connection=False)
+            self._flush(pending)
             return
         with self.lock:
             change(self.pending)
@@ -213,40 +229,24 @@ class Outbox:
         last = 0.0
         while True:
             with self.ready:
-                idle = not self.pending and not self.ready.wait(IDLE_SECONDS)
-            if idle:
-                # Quiet: the connection is kept as settings say (`DATABASE_CONN_MAX_AGE`),
-                # and checked before it is used again.
-                close_old_connections()
-                with self.ready:
-                    while not self.pending:
-                        self.ready.wait()
+                while not self.pending:
+                    self.ready.wait()
             time.sleep(max(GATHER_SECONDS, last + BATCH_SECONDS - time.monotonic()))
             last = time.monotonic()
-            self._flush(self._take(), own_connection=True)
+            self._flush(self._take())
 
-    def _flush(self, pending: Pending, *, own_connection: bool) -> None:
-        # After commit: a layer or database that is down must not undo what was stored;
-        # consoles resync when they reconnect.
-        for attempt in (1, 2):
-            try:
-                events = build(pending)
-                break
-            except Exception:
-                if attempt == 2 or not own_connection:
-                    logger.exception("could not read console events")
-                    return
-                # The outbox thread's own connection may have gone stale: retry on a new one.
-                connection.close()
-        if events:
-            layer_sender.group_send(CONSOLE_GROUP, {"type": "console.event", "events": events})
+    def _flush(self, pending: Pending) -> None:
+        # After commit: a layer that is down must not undo what was stored (the sender logs
+        # it); consoles resync when they reconnect.
+        if pending:
+            layer_sender.group_send(CONSOLE_GROUP, outgoing(pending))
 
     def drain(self) -> None:
         """Send what is still queued (at exit), from the calling thread."""
         pending = self._take()
         if pending:
             with contextlib.suppress(Exception):
-                self._flush(pending, own_connection=False)
+                self._flush(pending)
         layer_sender.drain()
 
 
@@ -303,44 +303,15 @@ class Console(Protocol):
     async def close(self, code: int | None = None) -> None: ...
 
 
-class Merged:
-    """Events in arrival order, keeping one card per id (the newest) and the latest counters."""
-
-    def __init__(self) -> None:
-        self.items: dict[tuple, dict] = {}
-        self.count = 0
-
-    def add(self, events: Iterable[dict]) -> None:
-        for event in events:
-            kind = event["type"]
-            self.count += 1
-            if kind == "card":
-                key = ("card", event["card"]["id"])
-                held = self.items.get(key)
-                if held is not None and held["card"]["version"] >= event["card"]["version"]:
-                    continue
-                self.items.pop(key, None)
-            elif kind == "card_removed":
-                self.items.pop(("card", event["id"]), None)
-                key = (kind, self.count)
-            elif kind == "counters":
-                key = (kind,)
-                self.items.pop(key, None)
-            else:
-                key = (kind, self.count)
-            self.items[key] = event
-
-    def events(self) -> list[dict]:
-        return list(self.items.values())
-
-
 class Hub:
     """This process's member of the `console` group, fanning each batch out to its consoles."""
 
     def __init__(self, layer, loop: asyncio.AbstractEventLoop) -> None:
         self.layer, self.loop = layer, loop
         self.consoles: set[Console] = set()
-        self.pending = Merged()
+        self.pending = Pending()
+        # One flush at a time, so batches reach the consoles in the order they came.
+        self.flushing = asyncio.Lock()
         self.flush_handle: asyncio.TimerHandle | None = None
         self.flushed_at = 0.0
         self.task: asyncio.Task | None = None
@@ -372,7 +343,7 @@ class Hub:
             while True:
                 message = await self.layer.receive(channel)
                 if message.get("type") == "console.event":
-                    self.take(message["events"])
+                    self.take(message)
                 if time.monotonic() > rejoin:
                     await self.layer.group_add(CONSOLE_GROUP, channel)
                     rejoin = time.monotonic() + HUB_REJOIN_SECONDS
@@ -386,16 +357,14 @@ class Hub:
             logger.exception("console hub lost its channel layer")
             if not joined.done():
                 joined.set_exception(RuntimeError("console hub could not join"))
-            for console in list(self.consoles):
-                with contextlib.suppress(Exception):
-                    await console.close(code=1011)
+            await self._close_consoles()
         finally:
             if channel is not None:
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(self.layer.group_discard(CONSOLE_GROUP, channel))
 
-    def take(self, events: list[dict]) -> None:
-        self.pending.add(events)
+    def take(self, message: dict) -> None:
+        incoming(self.pending, message)
         if self.flush_handle is None:
             delay = max(GATHER_SECONDS, self.flushed_at + HUB_SECONDS - self.loop.time())
             self.flush_handle = self.loop.call_later(
@@ -404,21 +373,36 @@ class Hub:
 
     async def flush(self) -> None:
         self.flush_handle = None
-        self.flushed_at = self.loop.time()
-        events, self.pending = self.pending.events(), Merged()
-        encoded: dict[tuple[int, ...], str] = {}
-        for console in list(self.consoles):
-            chosen = console.from_hub(events)
-            if not chosen:
-                continue
-            # Usually every console gets the same events: encode them once for all.
-            key = tuple(id(e) for e in chosen)
-            if key not in encoded:
-                encoded[key] = frame_text(chosen)
+        async with self.flushing:
+            pending, self.pending = self.pending, Pending()
+            if not pending:
+                return
+            self.flushed_at = self.loop.time()
             try:
-                await console.send_events(chosen, encoded[key])
+                events = await db(build)(pending)
             except Exception:
-                logger.exception("could not send to a console")
+                # Updates would be missing: let the consoles reconnect and resync.
+                logger.exception("could not read console events")
+                await self._close_consoles()
+                return
+            encoded: dict[tuple[int, ...], str] = {}
+            for console in list(self.consoles):
+                chosen = console.from_hub(events)
+                if not chosen:
+                    continue
+                # Usually every console gets the same events: encode them once for all.
+                key = tuple(id(e) for e in chosen)
+                if key not in encoded:
+                    encoded[key] = frame_text(chosen)
+                try:
+                    await console.send_events(chosen, encoded[key])
+                except Exception:
+                    logger.exception("could not send to a console")
+
+    async def _close_consoles(self) -> None:
+        for console in list(self.consoles):
+            with contextlib.suppress(Exception):
+                await console.close(code=1011)
 
 
 def frame_text(events: list[dict]) -> str:

@@ -253,7 +253,7 @@ async def test_client_frames_cannot_inject_events(service, agent, agent2):
         assert await two.communicator.receive_nothing(0.3)
 
 
-def test_a_batch_reads_its_cards_and_sends_messages_as_they_were_stored(
+def test_producers_send_what_changed_and_a_hub_reads_each_card_once(
     service, django_assert_num_queries
 ):
     from dashboard import broadcast
@@ -263,13 +263,20 @@ def test_a_batch_reads_its_cards_and_sends_messages_as_they_were_stored(
         services.conversation_post_customer_message(visitor=visitor, text=text, client_id=text)
         for text in ("Hello?", "Where can I download my invoices?")
     ]
-    pending = broadcast.Pending()
-    pending.card_ids[str(posted[0].message.conversation_id)] = None
-    pending.messages.extend(p.message for p in posted)
-    with django_assert_num_queries(2):  # the cards and their flags; no message is read again
-        events = broadcast.build(pending)
-    assert [e["type"] for e in events] == ["card", "message", "message"]
-    assert [e["message"]["text"] for e in events[1:]] == [
-        "Hello?",
-        "Where can I download my invoices?",
-    ]
+    conversation_id = str(posted[0].message.conversation_id)
+    web, worker = broadcast.Pending(), broadcast.Pending()
+    web.card_ids[conversation_id] = None
+    web.messages.append(posted[0].message)
+    worker.card_ids[conversation_id] = None
+    worker.counters = True
+    worker.messages.append(posted[1].message)
+    with django_assert_num_queries(0):  # a transcript line is sent as it was stored
+        batches = [broadcast.outgoing(web), broadcast.outgoing(worker)]
+    hub = broadcast.Pending()
+    for batch in batches:
+        broadcast.incoming(hub, batch)
+    with django_assert_num_queries(3):  # the card once, its flags, the counters
+        events = broadcast.build(hub)
+    assert [e["type"] for e in events] == ["card", "counters", "message", "message"]
+    texts = [e["message"]["text"] for e in events if e["type"] == "message"]
+    assert texts == ["Hello?", "Where can I download my invoices?"]
