@@ -55,6 +55,9 @@ class CustomerMessageReceived:
 
     conversation_id: UUID
     message_id: int
+    # The message as the task read it, with its conversation and service. A subscriber that
+    # changes the conversation (a hand-off) reads it again into `message.conversation`.
+    message: Message = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,6 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     the checks cause is committed before the AI would answer. Returns the reply's seq, or
     None if there is no reply.
     """
-    events.deliver_now(
-        events.CustomerMessageReceived(conversation_id=conversation_id, message_id=message_id)
-    )
     message = (
         Message.objects.filter(pk=message_id, role=Role.USER)
         .select_related("conversation__service")
@@ -75,6 +72,11 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     if message is None:
         logger.info("message %s is gone; no reply", message_id)
         return None
+    events.deliver_now(
+        events.CustomerMessageReceived(
+            conversation_id=conversation_id, message_id=message_id, message=message
+        )
+    )
     conversation = message.conversation
     if not services.ai_should_answer(conversation) or conversation.ai_epoch != epoch:
         return None

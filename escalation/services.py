@@ -172,10 +172,13 @@ def _score(message: Message) -> float:
     return message.sentiment
 
 
-def message_score_sentiment(*, message_id: int) -> Flag | None:
-    """Score a customer message with VADER and flag the conversation if the mood turned."""
-    message = message_with_policy(message_id)
-    if message is None or message.role != Role.USER:
+def message_score_sentiment(*, message: Message) -> Flag | None:
+    """Score a customer message with VADER and flag the conversation if the mood turned.
+
+    `message` comes with its conversation and service. A flag may hand the conversation
+    off: then `message.conversation` is read again, so that the caller sees it.
+    """
+    if message.role != Role.USER:
         return None
     _score(message)
     policy = policy_for(message.conversation.service)
@@ -190,12 +193,15 @@ def message_score_sentiment(*, message_id: int) -> Flag | None:
     )
     if not found.matched:
         return None
-    return flag_raise(
+    flag = flag_raise(
         conversation_id=message.conversation_id,
         reason=Reason.NEGATIVE_SENTIMENT,
         message=message,
         evidence={"rule": found.rule, **found.evidence},
     )
+    if flag is not None:
+        message.conversation.refresh_from_db()
+    return flag
 
 
 def _classify(message: Message) -> bool:
@@ -282,7 +288,8 @@ def messages_unscored(*, older_than_seconds: int = 30, batch: int = 200) -> dict
         ]
     )
     for pk in users:
-        message_score_sentiment(message_id=pk)
+        if question := message_with_policy(pk):
+            message_score_sentiment(message=question)
     for pk in replies:
         if reply := message_with_policy(pk):
             message_check_answer(message=reply)

@@ -19,7 +19,7 @@ def on_message_posted(event: events.MessagePosted) -> None:
 
 
 def on_customer_message_received(event: events.CustomerMessageReceived) -> None:
-    services.message_score_sentiment(message_id=event.message_id)
+    services.message_score_sentiment(message=event.message)
 
 
 def on_feedback(event: events.FeedbackGiven) -> None:

@@ -20,7 +20,8 @@ RETRY = {
 @shared_task(**RETRY)
 def score_sentiment(message_id: int) -> bool:
     """Score a customer message and raise `negative_sentiment` if the mood turned."""
-    return services.message_score_sentiment(message_id=message_id) is not None
+    message = services.message_with_policy(message_id)
+    return message is not None and services.message_score_sentiment(message=message) is not None
 
 
 @shared_task(**RETRY)

@@ -330,7 +330,9 @@ class ConversationMachine(RuleBasedStateMachine):
         running that step here first lets the contract be read after it. It is idempotent, so
         the task's own run of it changes nothing more.
         """
-        escalation.message_score_sentiment(message_id=question.message_id)
+        escalation.message_score_sentiment(
+            message=escalation.message_with_policy(question.message_id)
+        )
         may_land = self.reply_may_land(question)
         seq = tasks.generate_ai_reply(
             str(question.conversation_id), question.message_id, question.epoch

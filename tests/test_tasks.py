@@ -224,3 +224,17 @@ def test_an_upset_customer_is_handed_off_before_the_ai_would_answer(service):
     assert conversation.ai_paused and conversation.waiting_since is not None
     assert Flag.objects.filter(conversation=conversation, reason="negative_sentiment").exists()
     assert not Message.objects.filter(conversation=conversation, role=Role.AI).exists()
+
+
+def test_a_reply_task_reads_its_question_once(question):
+    """The mood check and the answer share one read of the message."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as task:
+        assert run_reply(question) == 2
+    by_id = f'"conversations_message"."id" = {question.pk}'
+    reads = [q["sql"] for q in task.captured_queries if q["sql"].startswith("SELECT")]
+    assert len([sql for sql in reads if by_id in sql]) == 1
+    question.refresh_from_db()
+    assert question.sentiment is not None  # the mood was scored on the message read once
