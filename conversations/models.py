@@ -243,7 +243,9 @@ class Message(models.Model):
     evidence = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        ordering = ["conversation", "seq"]
+        # By the column, not the conversation: "conversation" would sort by the
+        # conversation's own ordering, joining its table into every message query.
+        ordering = ["conversation_id", "seq"]
         constraints = [
             models.UniqueConstraint(fields=["conversation", "seq"], name="message_unique_seq"),
             models.UniqueConstraint(

@@ -384,12 +384,15 @@ def open_conversation_for(*, visitor: Visitor) -> Conversation | None:
 
 def _locked_open(visitor: Visitor) -> Conversation | None:
     """The visitor's open conversation, locked for the rest of the transaction, if any."""
-    return (
-        Conversation.objects.select_for_update(of=("self",))
-        .select_related("service", "claimed_by")
-        .filter(visitor=visitor, service_id=visitor.service_id, status=Status.OPEN)
-        .first()
-    )
+    try:
+        # At most one (`one_open_conversation_per_visitor`): nothing to order.
+        return (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("service", "claimed_by")
+            .get(visitor=visitor, service_id=visitor.service_id, status=Status.OPEN)
+        )
+    except Conversation.DoesNotExist:
+        return None
 
 
 def _open_or_start(*, visitor: Visitor, opening_question: str) -> Conversation:
@@ -429,11 +432,12 @@ class Posted:
 
 
 def _stored_with_client_id(visitor: Visitor, client_id: str) -> Message | None:
-    return (
-        Message.objects.select_related("specialist", "author")
-        .filter(conversation__visitor=visitor, role=Role.USER, client_id=client_id)
-        .first()
+    stored = Message.objects.filter(
+        conversation__visitor=visitor, role=Role.USER, client_id=client_id
     )
+    if not stored.exists():  # nearly always: ask the cheap question first
+        return None
+    return stored.select_related("specialist", "author").first()
 
 
 def conversation_post_customer_message(

@@ -110,7 +110,9 @@ def card_events(conversation_ids: Iterable) -> list[CardEvent | CardRemovedEvent
         return []
     found = {
         card["id"]: (card, status)
-        for card, status in cards.cards_with_status(Conversation.objects.filter(pk__in=wanted))
+        for card, status in cards.cards_with_status(
+            Conversation.objects.filter(pk__in=wanted).order_by()
+        )
     }
     events: list[CardEvent | CardRemovedEvent] = []
     for pk in wanted:

@@ -101,8 +101,11 @@ CARD_COLUMNS = (
 def _reasons_by_conversation(conversations: QuerySet[Conversation]) -> dict[str, list[str]]:
     found: dict[str, set[str]] = defaultdict(set)
     # A subquery, not a list of ids: one short statement however many conversations.
-    rows = unacknowledged_flags().filter(conversation__in=conversations.values("pk"))
-    for conversation_id, reason in rows.values_list("conversation_id", "reason").distinct():
+    rows = unacknowledged_flags().filter(conversation__in=conversations.order_by().values("pk"))
+    # Unordered: the flags' own ordering would add its column to the DISTINCT.
+    for conversation_id, reason in (
+        rows.order_by().values_list("conversation_id", "reason").distinct()
+    ):
         found[str(conversation_id)].add(reason)
     return {key: sorted(value, key=REASON_ORDER.index) for key, value in found.items()}
 

@@ -91,6 +91,28 @@ def test_repeating_a_client_id_stores_nothing_new(say, visitor):
     assert Message.objects.filter(role=Role.USER).count() == 1
 
 
+def test_a_message_in_an_open_conversation_is_stored_in_five_plain_statements(say, visitor):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    say("Hello there")
+    with CaptureQueriesContext(connection) as stored:
+        services.conversation_post_customer_message(
+            visitor=visitor, text="Where can I download my invoices?", client_id="c-2"
+        )
+    statements = [q["sql"] for q in stored.captured_queries if "SAVEPOINT" not in q["sql"]]
+    # Lock the open conversation, check for a resend, insert, count, audit.
+    assert [sql.split()[0] for sql in statements] == [
+        "SELECT",
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "INSERT",
+    ]
+    # One conversation per visitor and one message per client_id: nothing to sort.
+    assert not [sql for sql in statements if "ORDER BY" in sql]
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
