@@ -133,6 +133,10 @@ def test_thumbs_down_to_take_over_reply_and_resume(service, open_page, agent, ar
     widget_say(customer, "Where can I download my invoices?")
     expect(widget_messages(customer, "ai").last).to_contain_text("Invoices", timeout=10_000)
     expect(console.get_by_test_id("hh-counter-paused")).to_have_text("0")
+    # The open transcript follows live: the customer's question, then the AI's answer.
+    lines = panel.get_by_test_id("hh-message")
+    expect(lines.filter(has_text="Where can I download my invoices?")).to_have_count(1)
+    expect(lines.last).to_contain_text("Invoices")
     assert not console.errors and not customer.errors
 
 

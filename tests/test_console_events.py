@@ -253,6 +253,25 @@ async def test_client_frames_cannot_inject_events(service, agent, agent2):
         assert await two.communicator.receive_nothing(0.3)
 
 
+async def test_a_hub_that_cannot_read_the_cards_closes_its_consoles_to_resync(
+    service, agent, monkeypatch
+):
+    from django.db import OperationalError
+
+    from dashboard import broadcast
+
+    async with Console(agent) as console:
+
+        def database_gone(pending):
+            raise OperationalError("the database went away")
+
+        monkeypatch.setattr(broadcast, "build", database_gone)
+        await customer(service)
+        # Updates would be missing: the console reconnects and takes a fresh snapshot.
+        closed = await console.communicator.receive_output(5)
+        assert closed == {"type": "websocket.close", "code": 1011}
+
+
 def test_producers_send_what_changed_and_a_hub_reads_each_card_once(
     service, django_assert_num_queries
 ):
