@@ -126,11 +126,6 @@ def card_events(conversation_ids: Iterable) -> list[CardEvent | CardRemovedEvent
     return events
 
 
-def card_event(conversation_id) -> CardEvent | CardRemovedEvent | None:
-    found = card_events([conversation_id])
-    return found[0] if found else None
-
-
 def message_event(message: Message) -> MessageEvent:
     """A new transcript line, from the message as it was stored (no query)."""
     return {
