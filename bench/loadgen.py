@@ -564,6 +564,7 @@ def summarise(
 ) -> dict:
     """Turn what the sockets saw into latencies and losses."""
     latencies: list[float] = []
+    by_second: dict[int, list[float]] = {}
     lost = unacknowledged = measured = 0
     for customer in customers:
         for sent in customer.sent:
@@ -579,6 +580,7 @@ def summarise(
                     lost += 1
                 else:
                     latencies.append(max(seen - sent.at, 0.0))
+                    by_second.setdefault(int(sent.at - window[0]), []).append(latencies[-1])
     result: dict[str, Any] = {
         "mode": "bare" if bare else "product",
         "consoles": len(consoles),
@@ -590,6 +592,11 @@ def summarise(
             **percentiles(latencies),
             "lost": lost,
             "unacknowledged": unacknowledged,
+            # When latency grew: p50 and max per second of the window, by sending time.
+            "timeline": [
+                [second, percentiles(values)["p50"], percentiles(values)["max"]]
+                for second, values in sorted(by_second.items())
+            ],
         },
         "updates_in_window": sum(
             n for c in consoles for at, n in c.frames if window[0] <= at <= window[1]

@@ -239,7 +239,12 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         message = posted.message
         if message.conversation_id != self.conversation_id:
             await self._follow(message.conversation_id)
-        elif not posted.created:
+        elif posted.created:
+            # The sender's echo goes straight back rather than through the layer, so the
+            # AI's answer, sent from the worker, never arrives first and makes a gap to read;
+            # the copy the conversation's group brings this socket is dropped by its seq.
+            await self._send_message_frame(protocol.message_frame(message))
+        else:
             await self.send_json(protocol.message_frame(message))
 
     def _post(self, text: object, client_id: object) -> services.Posted | None:

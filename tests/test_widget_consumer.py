@@ -367,3 +367,23 @@ async def test_the_in_process_schedule_expires_a_handoff_wait_on_the_embedded_de
             assert status["ai_paused"] is False
         finally:
             inprocess_beat._task.cancel()
+
+
+async def test_the_sender_gets_its_echo_once_without_waiting_on_the_layer(service, monkeypatch):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")  # seq 1: this socket follows it now
+        await w.message(2)
+        sent_through_layer = []
+        monkeypatch.setattr(
+            "conversations.protocol.send_message", lambda m: sent_through_layer.append(m.seq)
+        )
+        monkeypatch.setattr("conversations.tasks.dispatch", lambda *args: None)  # no answer
+        echo = await w.say("And my username?")
+        assert echo["seq"] == 3
+        assert 3 in sent_through_layer  # other tabs still get it through the group
+        monkeypatch.undo()
+        await w.say("Thanks")
+        frames = [f for f in w.frames if f["type"] == "message"]
+        seqs = [f["seq"] for f in frames]
+        assert seqs == sorted(set(seqs)), seqs  # nothing twice, nothing out of order
