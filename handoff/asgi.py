@@ -66,8 +66,36 @@ def _allow_policy_violation_close() -> None:
     WebSocketProtocol._handoff_policy_close = True
 
 
+def _limit_only_what_clients_send() -> None:
+    """Hold clients to `--websocket-max-message-size`, not the server's own frames.
+
+    autobahn applies the one limit both ways: a console snapshot of a busy desk (a few hundred
+    open conversations pass 64 KiB) would raise inside `send` and kill the console, which
+    would reconnect and fail again. The limit is there for what clients send (SPEC §9); it is
+    lifted for the moment of each server send, on the reactor's one thread.
+    """
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # not served by daphne
+        return
+    if getattr(WebSocketProtocol, "_handoff_unlimited_send", False):
+        return
+    server_send = WebSocketProtocol.serverSend
+
+    def server_send_unlimited(self, content, binary=False) -> None:
+        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        try:
+            server_send(self, content, binary)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    WebSocketProtocol.serverSend = server_send_unlimited
+    WebSocketProtocol._handoff_unlimited_send = True
+
+
 _close_oversized_frames_with_1009()
 _allow_policy_violation_close()
+_limit_only_what_clients_send()
 
 application = ProtocolTypeRouter(
     {

@@ -49,6 +49,37 @@ async def test_a_frame_just_under_the_limit_gets_too_long_and_the_socket_stays(
         assert (echo["type"], echo["seq"]) == ("message", 1)
 
 
+async def test_a_console_snapshot_over_64_kib_still_reaches_the_agent(
+    service, agent, live_server_url
+):
+    """The size limit is for what clients send; a busy desk's snapshot is bigger than that."""
+    from conversations import services
+    from tests.console import session_cookie
+
+    def open_conversations(count: int) -> None:
+        for n in range(count):
+            visitor, _ = services.visitor_identify(service=service, token=None, location={})
+            services.conversation_post_customer_message(
+                visitor=visitor, text=f"{n} " + "my order never arrived " * 20, client_id="q"
+            )
+
+    await database_sync_to_async(open_conversations)(150)
+    cookie = (await database_sync_to_async(session_cookie)(agent)).decode()
+    url = live_server_url.replace("http://", "ws://") + "/ws/console/"
+    headers = {"Cookie": cookie, "Origin": live_server_url}
+    async with websockets.connect(url, additional_headers=headers, max_size=None) as socket:
+        raw = await socket.recv()
+        snapshot = json.loads(raw)
+        assert len(raw) > 65536
+        cards = [card for desk in snapshot["services"] for card in desk["conversations"]]
+        assert (snapshot["type"], len(cards)) == ("snapshot", 150)
+        await socket.send(json.dumps({"type": "x" * 70_000}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await socket.recv()
+    assert closed.value.rcvd.code == 1009  # while what the client sends is still held to it
+
+
 async def test_an_unknown_service_closes_with_4404_over_the_wire(service, live_server_url):
     async with websockets.connect(ws_url(live_server_url, "nope")) as socket:
         with pytest.raises(websockets.ConnectionClosed) as closed:
