@@ -591,6 +591,34 @@ def conversation_end_by_customer(*, visitor: Visitor) -> Conversation | None:
 # --- The AI ----------------------------------------------------------------------------------
 
 
+def ai_reply_needed(*, conversation: Conversation, reply_to: Message) -> bool:
+    """Whether a reply to `reply_to` is worth generating (read without the lock).
+
+    Not if the AI answered it already (a task delivered twice), nor if the customer has
+    written since: that message's own task answers, and this reply would be dropped as
+    superseded when posted, so it is dropped (and audited) before the responder spends
+    anything on it. A worker that fell behind thus catches up instead of answering
+    questions nobody waits for. Posting checks everything again under the lock.
+    """
+    if conversation.message_count <= reply_to.seq:
+        return True  # nothing said since: the common case, without a query
+    later = set(
+        conversation.messages.filter(seq__gt=reply_to.seq, role__in=(Role.AI, Role.USER))
+        .order_by()
+        .values_list("role", flat=True)
+        .distinct()
+    )
+    if Role.USER in later and Role.AI not in later:
+        _audit(
+            AuditAction.AI_REPLY_DROPPED,
+            conversation=conversation,
+            actor_kind="ai",
+            reply_to=reply_to.seq,
+            reason="superseded",
+        )
+    return not later
+
+
 def conversation_post_ai_message(
     *,
     conversation_id,

@@ -80,11 +80,8 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     conversation = message.conversation
     if not services.ai_should_answer(conversation) or conversation.ai_epoch != epoch:
         return None
-    if (
-        conversation.message_count > message.seq
-        and conversation.messages.filter(seq__gt=message.seq, role=Role.AI).exists()
-    ):
-        return None  # answered already: this is a re-delivery
+    if not services.ai_reply_needed(conversation=conversation, reply_to=message):
+        return None
     responder = get_responder()
     if responder.typing_indicator:
         protocol.send_typing(conversation.id, True)

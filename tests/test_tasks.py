@@ -194,6 +194,25 @@ def test_a_reply_to_a_question_the_customer_followed_up_is_dropped(question):
     assert run_reply(follow_up) == 3
 
 
+def test_no_reply_is_generated_for_a_question_the_customer_followed_up(question, monkeypatch):
+    """A worker that fell behind does not spend the responder on answers nobody waits for."""
+    from conversations.models import AuditEvent
+
+    follow_up = services.conversation_post_customer_message(
+        visitor=question.conversation.visitor, text="And my invoices?", client_id="f"
+    ).message
+    asked = []
+    monkeypatch.setattr(tasks, "get_responder", lambda: asked.append(1))
+    assert run_reply(question) is None
+    assert asked == []
+    assert AuditEvent.objects.get(action="ai_reply_dropped").detail == {
+        "reply_to": question.seq,
+        "reason": "superseded",
+    }
+    monkeypatch.undo()
+    assert run_reply(follow_up) == 3
+
+
 @pytest.mark.parametrize("mode", ["human_supported", "human_only"])
 def test_each_customer_message_costs_one_task_whether_or_not_the_ai_answers(
     service, monkeypatch, django_capture_on_commit_callbacks, mode
