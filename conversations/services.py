@@ -16,7 +16,7 @@ from typing import Literal
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core import signing
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
@@ -698,14 +698,7 @@ def conversation_post_ai_message(
 def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUser) -> Conversation:
     """Claim the conversation for `agent`: exactly one of any number of racing agents wins."""
     with transaction.atomic():
-        # Same lock order as a mode change (service, then conversation): a switch to AI Only
-        # cannot interleave with a claim.
-        service = (
-            Service.objects.select_for_update(no_key=True)
-            .only("mode")
-            .get(pk=conversation.service_id)
-        )
-        if service.mode == Mode.AI_ONLY:
+        if _shared_service_mode(conversation.service_id) == Mode.AI_ONLY:
             raise ModeDisallows("Agents cannot take over conversations in AI Only mode.")
         now = timezone.now()
         # The conditional update is the claim: concurrent updaters queue on the row lock and
@@ -723,18 +716,43 @@ def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUse
             waiting_since=None,
             version=F("version") + 1,
         )
-        conversation = _locked(conversation.pk)
         if not won:
+            # The update waited for the winner and saw its commit; a plain read sees it too.
+            # No lock: the losers of a race answer side by side instead of one by one.
+            conversation = Conversation.objects.select_related("service", "claimed_by").get(
+                pk=conversation.pk
+            )
             if conversation.status != Status.OPEN:
                 raise ConversationClosed()
             if conversation.claimed_by_id == agent.pk:
                 return conversation
             raise AlreadyClaimed(protocol.display_name(conversation.claimed_by))
+        conversation = _locked(conversation.pk)
         name = protocol.display_name(agent)
         _append(conversation, role=Role.SYSTEM, text=TEXT_JOINED.format(name=name))
         _audit(AuditAction.TAKEN_OVER, conversation=conversation, actor=agent)
         _changed(conversation, "claimed")
     return conversation
+
+
+def _shared_service_mode(service_id) -> str:
+    """The service's mode, its row held in share mode until the transaction ends.
+
+    Same lock order as a mode change (service, then conversation), which takes the row
+    `FOR UPDATE`: a switch to AI Only cannot interleave with a claim. In share mode, claims
+    on the service's other conversations go side by side rather than one at a time (the
+    claim itself is the conversation's conditional update). Django's ORM has no `FOR SHARE`;
+    SQLite (the embedded default) has no row locks and takes one writer at a time anyway.
+    """
+    if connection.vendor != "postgresql":
+        return Service.objects.only("mode").get(pk=service_id).mode
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'SELECT "mode" FROM "{Service._meta.db_table}" WHERE "id" = %s FOR SHARE',
+            [service_id],
+        )
+        (mode,) = cursor.fetchone()
+    return mode
 
 
 def _check_holder(conversation: Conversation, user: AbstractBaseUser, *, admin_ok: bool) -> None:

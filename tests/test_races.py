@@ -146,3 +146,104 @@ def test_an_ai_reply_racing_a_take_over_never_lands_after_the_human_joined(
     )
     joined_at = roles.index(Role.SYSTEM)
     assert Role.AI not in roles[joined_at:], roles
+
+
+def hold_inside(monkeypatch, name: str, until: threading.Event, who: Callable[[], bool]) -> None:
+    """Make `services.<name>` wait for `until` when called on a thread for which `who()`."""
+    original = getattr(services, name)
+
+    def held(*args, **kwargs):
+        if who():
+            assert until.wait(10), "never released"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(services, name, held)
+
+
+def test_take_overs_of_two_conversations_of_one_service_do_not_wait_for_each_other(
+    conversation, django_user_model, monkeypatch
+):
+    """The service row is held in share mode by a claim: one agent's take-over in progress
+    does not hold up a colleague's take-over of another conversation of the same service."""
+    visitor, _ = services.visitor_identify(service=conversation.service, token=None)
+    other = services.conversation_post_customer_message(
+        visitor=visitor, text="Where is my parcel?", client_id="other"
+    ).message.conversation
+    alice = make_agent(django_user_model, "alice", "Alice")
+    bob = make_agent(django_user_model, "bob", "Bob")
+    release, alice_inside = threading.Event(), threading.Event()
+    state = threading.local()
+
+    def alice_takes_over():
+        state.alice = True
+        try:
+            return services.conversation_take_over(conversation=conversation, agent=alice)
+        finally:
+            connections.close_all()
+
+    def is_alice() -> bool:
+        if getattr(state, "alice", False):
+            alice_inside.set()
+            return True
+        return False
+
+    hold_inside(monkeypatch, "_append", release, is_alice)  # after her claim, before commit
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        alice_done = pool.submit(alice_takes_over)
+        assert alice_inside.wait(10)
+
+        def bob_takes_over():
+            try:
+                return services.conversation_take_over(conversation=other, agent=bob)
+            finally:
+                connections.close_all()
+
+        bob_done = pool.submit(bob_takes_over)
+        try:
+            assert bob_done.result(timeout=5).claimed_by_id == bob.pk
+        finally:
+            release.set()
+        assert alice_done.result(timeout=10).claimed_by_id == alice.pk
+
+
+def test_a_mode_change_waits_for_a_take_over_in_progress(
+    conversation, django_user_model, monkeypatch
+):
+    """Share mode still excludes a mode change: AI Only cannot slip in under a claim."""
+    alice = make_agent(django_user_model, "alice", "Alice")
+    release, alice_inside = threading.Event(), threading.Event()
+    state = threading.local()
+
+    def is_alice() -> bool:
+        if getattr(state, "alice", False):
+            alice_inside.set()
+            return True
+        return False
+
+    def alice_takes_over():
+        state.alice = True
+        try:
+            return services.conversation_take_over(conversation=conversation, agent=alice)
+        finally:
+            connections.close_all()
+
+    def switch_to_ai_only():
+        try:
+            return services.service_set_mode(
+                service=conversation.service, mode="ai_only", user=None
+            )
+        finally:
+            connections.close_all()
+
+    hold_inside(monkeypatch, "_append", release, is_alice)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        claim = pool.submit(alice_takes_over)
+        assert alice_inside.wait(10)
+        switch = pool.submit(switch_to_ai_only)
+        with pytest.raises(TimeoutError):
+            switch.result(timeout=0.5)  # waits on the claim's hold of the service row
+        release.set()
+        claim.result(timeout=10)
+        switch.result(timeout=10)
+    conversation.refresh_from_db()
+    assert conversation.claimed_by_id is None and not conversation.ai_paused  # AI Only after
