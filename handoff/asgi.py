@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from django.core.asgi import get_asgi_application
@@ -19,42 +20,43 @@ from handoff.routing import websocket_urlpatterns  # noqa: E402
 request_finished.connect(close_request_connection)
 
 
-def _close_oversized_frames_with_1009() -> None:
+def _patch(module: str, owner: str, name: str, replacement) -> None:
+    """Replace `owner.name` (in `module`) by `replacement(original)`, once.
+
+    Nothing if `module` is not installed: the app is not served by daphne then.
+    """
+    try:
+        cls = getattr(importlib.import_module(module), owner)
+    except ImportError:
+        return
+    done = f"_handoff_replaced_{name}"
+    if getattr(cls, done, False):
+        return
+    setattr(cls, name, replacement(getattr(cls, name)))
+    setattr(cls, done, True)
+
+
+def _close_oversized_frames_with_1009(reset):
     """Make daphne answer a frame over its size limit with close 1009, not a dropped socket.
 
     daphne's websocket engine (autobahn) drops the TCP connection on a protocol failure by
     default, so a client only sees 1006. The contract promises 1009 (SPEC §9).
     """
-    try:
-        from autobahn.websocket.protocol import WebSocketServerFactory
-    except ImportError:  # not served by daphne
-        return
-    if getattr(WebSocketServerFactory, "_handoff_clean_close", False):
-        return
-    reset = WebSocketServerFactory.resetProtocolOptions
 
     def reset_protocol_options(self) -> None:
         reset(self)
         self.failByDrop = False
 
-    WebSocketServerFactory.resetProtocolOptions = reset_protocol_options
-    WebSocketServerFactory._handoff_clean_close = True
+    return reset_protocol_options
 
 
-def _allow_policy_violation_close() -> None:
+def _allow_policy_violation_close(server_close):
     """Let a consumer close a socket with 1008 (policy violation) under daphne.
 
     autobahn's `sendClose` accepts only 1000 and 3000-4999 from applications and raises on
     RFC 6455's 1008, which kills the consumer before its `disconnect` runs. The widget closes
     abusive sockets with 1008, so that one code goes out as a plain close frame.
     """
-    try:
-        from daphne.ws_protocol import WebSocketProtocol
-    except ImportError:  # not served by daphne
-        return
-    if getattr(WebSocketProtocol, "_handoff_policy_close", False):
-        return
-    server_close = WebSocketProtocol.serverClose
 
     def server_close_policy(self, code=None) -> None:
         if code == 1008:
@@ -62,11 +64,10 @@ def _allow_policy_violation_close() -> None:
         else:
             server_close(self, code)
 
-    WebSocketProtocol.serverClose = server_close_policy
-    WebSocketProtocol._handoff_policy_close = True
+    return server_close_policy
 
 
-def _limit_only_what_clients_send() -> None:
+def _limit_only_what_clients_send(server_send):
     """Hold clients to `--websocket-max-message-size`, not the server's own frames.
 
     autobahn applies the one limit both ways: a console snapshot of a busy desk (a few hundred
@@ -74,13 +75,6 @@ def _limit_only_what_clients_send() -> None:
     would reconnect and fail again. The limit is there for what clients send (SPEC §9); it is
     lifted for the moment of each server send, on the reactor's one thread.
     """
-    try:
-        from daphne.ws_protocol import WebSocketProtocol
-    except ImportError:  # not served by daphne
-        return
-    if getattr(WebSocketProtocol, "_handoff_unlimited_send", False):
-        return
-    server_send = WebSocketProtocol.serverSend
 
     def server_send_unlimited(self, content, binary=False) -> None:
         limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
@@ -89,13 +83,17 @@ def _limit_only_what_clients_send() -> None:
         finally:
             self.maxMessagePayloadSize = limit
 
-    WebSocketProtocol.serverSend = server_send_unlimited
-    WebSocketProtocol._handoff_unlimited_send = True
+    return server_send_unlimited
 
 
-_close_oversized_frames_with_1009()
-_allow_policy_violation_close()
-_limit_only_what_clients_send()
+_patch(
+    "autobahn.websocket.protocol",
+    "WebSocketServerFactory",
+    "resetProtocolOptions",
+    _close_oversized_frames_with_1009,
+)
+_patch("daphne.ws_protocol", "WebSocketProtocol", "serverClose", _allow_policy_violation_close)
+_patch("daphne.ws_protocol", "WebSocketProtocol", "serverSend", _limit_only_what_clients_send)
 
 application = ProtocolTypeRouter(
     {

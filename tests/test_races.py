@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 from django.db import connection, connections
@@ -148,16 +149,42 @@ def test_an_ai_reply_racing_a_take_over_never_lands_after_the_human_joined(
     assert Role.AI not in roles[joined_at:], roles
 
 
-def hold_inside(monkeypatch, name: str, until: threading.Event, who: Callable[[], bool]) -> None:
-    """Make `services.<name>` wait for `until` when called on a thread for which `who()`."""
-    original = getattr(services, name)
+def on_own_connection(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    finally:
+        connections.close_all()
 
-    def held(*args, **kwargs):
-        if who():
-            assert until.wait(10), "never released"
-        return original(*args, **kwargs)
 
-    monkeypatch.setattr(services, name, held)
+@contextmanager
+def take_over_held_open(monkeypatch, conversation: Conversation, agent):
+    """`agent` takes `conversation` over on a thread of its own and is held inside the
+    transaction (after the claim, before the commit) until the block ends.
+
+    Yields a pool to start rivals on, and the claim's future.
+    """
+    release, inside = threading.Event(), threading.Event()
+    holder = threading.local()
+    append = services._append
+
+    def held_append(*args, **kwargs):
+        if getattr(holder, "held", False):
+            inside.set()
+            assert release.wait(10), "never released"
+        return append(*args, **kwargs)
+
+    def take_over():
+        holder.held = True
+        return services.conversation_take_over(conversation=conversation, agent=agent)
+
+    monkeypatch.setattr(services, "_append", held_append)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        claim = pool.submit(on_own_connection, take_over)
+        assert inside.wait(10)
+        try:
+            yield pool, claim
+        finally:
+            release.set()
 
 
 def test_take_overs_of_two_conversations_of_one_service_do_not_wait_for_each_other(
@@ -171,39 +198,13 @@ def test_take_overs_of_two_conversations_of_one_service_do_not_wait_for_each_oth
     ).message.conversation
     alice = make_agent(django_user_model, "alice", "Alice")
     bob = make_agent(django_user_model, "bob", "Bob")
-    release, alice_inside = threading.Event(), threading.Event()
-    state = threading.local()
-
-    def alice_takes_over():
-        state.alice = True
-        try:
-            return services.conversation_take_over(conversation=conversation, agent=alice)
-        finally:
-            connections.close_all()
-
-    def is_alice() -> bool:
-        if getattr(state, "alice", False):
-            alice_inside.set()
-            return True
-        return False
-
-    hold_inside(monkeypatch, "_append", release, is_alice)  # after her claim, before commit
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        alice_done = pool.submit(alice_takes_over)
-        assert alice_inside.wait(10)
-
-        def bob_takes_over():
-            try:
-                return services.conversation_take_over(conversation=other, agent=bob)
-            finally:
-                connections.close_all()
-
-        bob_done = pool.submit(bob_takes_over)
-        try:
-            assert bob_done.result(timeout=5).claimed_by_id == bob.pk
-        finally:
-            release.set()
-        assert alice_done.result(timeout=10).claimed_by_id == alice.pk
+    with take_over_held_open(monkeypatch, conversation, alice) as (pool, claim):
+        rival = pool.submit(
+            on_own_connection,
+            lambda: services.conversation_take_over(conversation=other, agent=bob),
+        )
+        assert rival.result(timeout=5).claimed_by_id == bob.pk
+    assert claim.result(timeout=10).claimed_by_id == alice.pk
 
 
 def test_a_mode_change_waits_for_a_take_over_in_progress(
@@ -211,39 +212,16 @@ def test_a_mode_change_waits_for_a_take_over_in_progress(
 ):
     """Share mode still excludes a mode change: AI Only cannot slip in under a claim."""
     alice = make_agent(django_user_model, "alice", "Alice")
-    release, alice_inside = threading.Event(), threading.Event()
-    state = threading.local()
-
-    def is_alice() -> bool:
-        if getattr(state, "alice", False):
-            alice_inside.set()
-            return True
-        return False
-
-    def alice_takes_over():
-        state.alice = True
-        try:
-            return services.conversation_take_over(conversation=conversation, agent=alice)
-        finally:
-            connections.close_all()
-
-    def switch_to_ai_only():
-        try:
-            return services.service_set_mode(
+    with take_over_held_open(monkeypatch, conversation, alice) as (pool, claim):
+        switch = pool.submit(
+            on_own_connection,
+            lambda: services.service_set_mode(
                 service=conversation.service, mode="ai_only", user=None
-            )
-        finally:
-            connections.close_all()
-
-    hold_inside(monkeypatch, "_append", release, is_alice)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        claim = pool.submit(alice_takes_over)
-        assert alice_inside.wait(10)
-        switch = pool.submit(switch_to_ai_only)
+            ),
+        )
         with pytest.raises(TimeoutError):
             switch.result(timeout=0.5)  # waits on the claim's hold of the service row
-        release.set()
-        claim.result(timeout=10)
-        switch.result(timeout=10)
+    claim.result(timeout=10)
+    switch.result(timeout=10)
     conversation.refresh_from_db()
     assert conversation.claimed_by_id is None and not conversation.ai_paused  # AI Only after
