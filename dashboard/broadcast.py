@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import itertools
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -55,6 +57,9 @@ HUB_SECONDS = 0.02
 GATHER_SECONDS = 0.003
 # The core Redis layer forgets group members after a day; the hub re-joins well before.
 HUB_REJOIN_SECONDS = 3600
+# A hub that missed batches (a layer over capacity drops them) sends its consoles a fresh
+# snapshot, at most this often: under sustained overload, one read serves many losses.
+RESYNC_SECONDS = 5.0
 
 
 class CardEvent(TypedDict):
@@ -199,6 +204,9 @@ class Outbox:
         self.ready = threading.Condition(self.lock)
         self.pending = Pending()
         self.thread: threading.Thread | None = None
+        # The thread numbers its batches, so that a hub notices one the layer dropped.
+        self.source = secrets.token_hex(6)
+        self.numbers = itertools.count(1)
 
     def queue(self, change: Callable[[Pending], None]) -> None:
         layer = get_channel_layer()
@@ -230,13 +238,15 @@ class Outbox:
                     self.ready.wait()
             time.sleep(max(GATHER_SECONDS, last + BATCH_SECONDS - time.monotonic()))
             last = time.monotonic()
-            self._flush(self._take())
+            pending = self._take()
+            if pending:
+                self._flush(pending, {"source": self.source, "n": next(self.numbers)})
 
-    def _flush(self, pending: Pending) -> None:
+    def _flush(self, pending: Pending, numbered: dict | None = None) -> None:
         # After commit: a layer that is down must not undo what was stored (the sender logs
         # it); consoles resync when they reconnect.
         if pending:
-            layer_sender.group_send(CONSOLE_GROUP, outgoing(pending))
+            layer_sender.group_send(CONSOLE_GROUP, {**outgoing(pending), **(numbered or {})})
 
     def drain(self) -> None:
         """Send what is still queued (at exit), from the calling thread."""
@@ -297,6 +307,8 @@ class Console(Protocol):
 
     async def send_events(self, events: list[dict], text: str | None = None) -> None: ...
 
+    async def resync(self, snapshot: dict) -> None: ...
+
     async def close(self, code: int | None = None) -> None: ...
 
 
@@ -313,6 +325,11 @@ class Hub:
         self.flushed_at = 0.0
         self.task: asyncio.Task | None = None
         self.joined: asyncio.Future | None = None
+        # The last batch number seen from each producer, and whether one went missing.
+        self.numbers: dict[str, int] = {}
+        self.missed = False
+        self.resynced_at = -RESYNC_SECONDS
+        self.resync_handle: asyncio.TimerHandle | None = None
 
     async def add(self, console: Console) -> None:
         self.consoles.add(console)
@@ -324,6 +341,9 @@ class Hub:
 
     async def discard(self, console: Console) -> None:
         self.consoles.discard(console)
+        if not self.consoles:
+            # Whoever connects next starts from a snapshot of its own.
+            self.missed, self.numbers = False, {}
         if not self.consoles and self.task is not None:
             task, self.task = self.task, None
             task.cancel()
@@ -361,27 +381,67 @@ class Hub:
                     await asyncio.shield(self.layer.group_discard(CONSOLE_GROUP, channel))
 
     def take(self, message: dict) -> None:
+        self._count(message)
         incoming(self.pending, message)
+        self._flush_after(max(GATHER_SECONDS, self.flushed_at + HUB_SECONDS - self.loop.time()))
+
+    def _count(self, message: dict) -> None:
+        """Notice a batch that never came: the layer drops what overflows a channel."""
+        source, number = message.get("source"), message.get("n")
+        if source is None or not isinstance(number, int):
+            return
+        last = self.numbers.get(source)
+        self.numbers[source] = max(number, last or 0)
+        if last is not None and number > last + 1:
+            logger.warning(
+                "console hub missed %d batch(es) from %s; its consoles resync",
+                number - last - 1,
+                source,
+            )
+            self.missed = True
+
+    def _flush_after(self, delay: float) -> None:
         if self.flush_handle is None:
-            delay = max(GATHER_SECONDS, self.flushed_at + HUB_SECONDS - self.loop.time())
             self.flush_handle = self.loop.call_later(
                 delay, lambda: asyncio.ensure_future(self.flush())
             )
+
+    def _resync_due(self) -> None:
+        self.resync_handle = None
+        asyncio.ensure_future(self.flush())
 
     async def flush(self) -> None:
         self.flush_handle = None
         async with self.flushing:
             pending, self.pending = self.pending, Pending()
-            if not pending:
+            resync = self.missed and self.loop.time() >= self.resynced_at + RESYNC_SECONDS
+            if self.missed and not resync and self.resync_handle is None:
+                self.resync_handle = self.loop.call_later(
+                    self.resynced_at + RESYNC_SECONDS - self.loop.time(), self._resync_due
+                )
+            if not (pending or resync):
                 return
             self.flushed_at = self.loop.time()
             try:
-                events = await db(build)(pending)
+                if resync:
+                    self.missed, self.resynced_at = False, self.loop.time()
+                    snapshot = await db(cards.snapshot)()
+                    # The snapshot holds every card and the counters as they are now; what
+                    # it cannot hold (toasts, modes, transcript lines) follows it.
+                    events = list(pending.events)
+                else:
+                    events = await db(build)(pending)
             except Exception:
                 # Updates would be missing: let the consoles reconnect and resync.
                 logger.exception("could not read console events")
                 await self._close_consoles()
                 return
+            if resync:
+                for console in list(self.consoles):
+                    try:
+                        await console.resync(snapshot)
+                    except Exception:
+                        logger.exception("could not resync a console")
             encoded: dict[tuple[int, ...], str] = {}
             for console in list(self.consoles):
                 chosen = console.from_hub(events)

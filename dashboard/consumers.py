@@ -149,8 +149,8 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
         held, self.held = self.held, []
         await self.send_events(self.select(held))
 
-    async def _send_snapshot(self) -> None:
-        snapshot = await db(cards.snapshot)()
+    async def _send_snapshot(self, snapshot: dict | None = None) -> None:
+        snapshot = snapshot or await db(cards.snapshot)()
         self.last_counters = snapshot["counters"]
         self.sent_versions = {
             card["id"]: card["version"]
@@ -158,6 +158,14 @@ class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
             for card in service["conversations"]
         }
         await self.send_json(snapshot)
+
+    async def resync(self, snapshot: dict) -> None:
+        """The hub's fresh snapshot, read once for all its consoles after it missed batches.
+
+        Not while this console reads its own (at connect or on `resync`), which is newer.
+        """
+        if self.live:
+            await self._send_snapshot(snapshot)
 
     async def set_watch(self, conversation_id: object, on: bool) -> None:
         try:

@@ -299,3 +299,91 @@ def test_producers_send_what_changed_and_a_hub_reads_each_card_once(
     assert [e["type"] for e in events] == ["card", "counters", "message", "message"]
     texts = [e["message"]["text"] for e in events if e["type"] == "message"]
     assert texts == ["Hello?", "Where can I download my invoices?"]
+
+
+def numbered(source: str, n: int) -> dict:
+    """A producer's batch as the layer carries it, changing nothing."""
+    return {
+        "type": "console.event",
+        "cards": [],
+        "counters": False,
+        "events": [],
+        "source": source,
+        "n": n,
+    }
+
+
+async def test_a_hub_that_missed_a_batch_sends_its_consoles_a_fresh_snapshot(
+    service, agent, monkeypatch
+):
+    from channels.layers import get_channel_layer
+
+    from dashboard import broadcast
+
+    monkeypatch.setattr(broadcast, "RESYNC_SECONDS", 0.3)
+    layer = get_channel_layer()
+    async with Console(agent) as console:
+        _, conversation = await customer(service)
+        assert await console.events()  # its card arrives: the snapshot does not show it
+        for n in (1, 2):
+            await layer.group_send(broadcast.CONSOLE_GROUP, numbered("web-1", n))
+        assert await console.communicator.receive_nothing(0.2)  # in order: nothing to do
+        await layer.group_send(broadcast.CONSOLE_GROUP, numbered("web-1", 4))  # 3 was dropped
+        snapshot = await console.receive()
+        assert snapshot["type"] == "snapshot"
+        [card] = snapshot["services"][0]["conversations"]
+        assert card["id"] == str(conversation.pk)
+        # Another loss right after: one snapshot per RESYNC_SECONDS, the next one later.
+        await layer.group_send(broadcast.CONSOLE_GROUP, numbered("web-1", 6))
+        assert await console.communicator.receive_nothing(0.1)
+        assert (await console.receive(timeout=2))["type"] == "snapshot"
+
+
+@pytest.mark.redis
+async def test_a_console_resyncs_after_its_hub_channel_overflowed_on_redis(
+    service, agent, redis_layer
+):
+    """The core Redis layer drops what overflows a channel; the next batch shows the gap."""
+    from channels.layers import get_channel_layer
+
+    from dashboard import broadcast
+    from handoff.layer import sender
+
+    mode = {"type": "service", "service": {"slug": "support", "name": "Support", "mode": "x"}}
+    async with Console(agent) as console:
+        # channels-redis's default capacity, which the test layer keeps, is 100 a channel.
+        # The sends go out from the sender's thread while this test holds the event loop,
+        # so the hub cannot drain its channel: batches 101-120 are dropped.
+        for n in range(1, 121):
+            batch = numbered("worker-1", n)
+            if n == 50:
+                batch["events"] = [mode]
+            sender.group_send(broadcast.CONSOLE_GROUP, batch)
+        sender.drain()
+        assert (await console.receive())["type"] == "service"  # the hub is draining
+        await get_channel_layer().group_send(broadcast.CONSOLE_GROUP, numbered("worker-1", 121))
+        snapshot = await console.receive()
+        assert snapshot["type"] == "snapshot"
+        assert snapshot["counters"] == {"active": 0, "needs_attention": 0, "paused": 0}
+
+
+@pytest.mark.redis
+def test_an_outbox_numbers_its_batches_for_the_hubs(redis_layer, monkeypatch):
+    import threading
+
+    from dashboard import broadcast
+
+    sent, arrived = [], threading.Semaphore(0)
+
+    class Sender:
+        def group_send(self, group, message):
+            sent.append(message)
+            arrived.release()
+
+    monkeypatch.setattr(broadcast, "layer_sender", Sender())
+    for _ in range(2):
+        broadcast.send_counters()
+        assert arrived.acquire(timeout=5)  # one batch out before the next is queued
+    first, second = sent
+    assert first["source"] == second["source"]
+    assert second["n"] == first["n"] + 1
