@@ -112,18 +112,7 @@ class Console:
         """Apply one event like a console would; returns how many card events it held."""
         kind = event.get("type")
         if kind == "card":
-            card = event["card"]
-            card_id = card["id"]
-            counts = self.counts.setdefault(card_id, [])
-            if not counts or card["message_count"] > counts[-1]:
-                counts.append(card["message_count"])
-                self.count_times.setdefault(card_id, []).append(at)
-            claimed = (card.get("claimed_by") or {}).get("id")
-            claims = self.claims.setdefault(card_id, [])
-            if not claims or claims[-1][0] != claimed:
-                claims.append((claimed, at))
-            if card["version"] > self.versions.get(card_id, 0):
-                self.versions[card_id] = card["version"]
+            self.see(event["card"], at)
             return 1
         if kind == "card_removed":
             self.versions.pop(event["id"], None)
@@ -134,16 +123,36 @@ class Console:
             if "thumbs_down" in event.get("reasons", []):
                 self.thumbs_down.setdefault(event["conversation_id"], at)
         elif kind == "snapshot":
+            # The first one at connect; later ones when the server resyncs the console, whose
+            # cards then show what they say (not counted as updates: the table compares
+            # card events with the bare app's).
+            first = self.snapshot_at is None
             self.snapshot_at = self.snapshot_at or at
             self.counters = event["counters"]
-            self.versions = {
-                card["id"]: card["version"]
-                for service in event["services"]
-                for card in service["conversations"]
-            }
+            self.versions = {}
+            for service in event["services"]:
+                for card in service["conversations"]:
+                    if first:
+                        self.versions[card["id"]] = card["version"]
+                    else:
+                        self.see(card, at)
         elif kind == "error":
             self.errors[event.get("code", "?")] = self.errors.get(event.get("code", "?"), 0) + 1
         return 0
+
+    def see(self, card: dict, at: float) -> None:
+        """The console now shows `card`: record a rise of its count or a new claimer."""
+        card_id = card["id"]
+        counts = self.counts.setdefault(card_id, [])
+        if not counts or card["message_count"] > counts[-1]:
+            counts.append(card["message_count"])
+            self.count_times.setdefault(card_id, []).append(at)
+        claimed = (card.get("claimed_by") or {}).get("id")
+        claims = self.claims.setdefault(card_id, [])
+        if not claims or claims[-1][0] != claimed:
+            claims.append((claimed, at))
+        if card["version"] > self.versions.get(card_id, 0):
+            self.versions[card_id] = card["version"]
 
     def first_count_at(self, conversation_id: str, seq: int) -> float | None:
         """When this console first saw the conversation's card with `message_count >= seq`."""
