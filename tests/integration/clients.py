@@ -323,7 +323,9 @@ class BrowserConsole(ReconnectingClient):
     async def _load_messages(self) -> None:
         conversation_id = self.watched
         base = self.urls[self.url_index % len(self.urls)].replace("ws://", "http://", 1)
-        after = max(self.messages, default=0)
+        after = 0  # after the last contiguous seq, as console.js's `checkGap` does
+        while after + 1 in self.messages:
+            after += 1
         url = f"{base}/api/v1/conversations/{conversation_id}/messages/?after_seq={after}"
         try:
             async with httpx.AsyncClient(headers={"Cookie": self.cookie}, timeout=5) as client:
