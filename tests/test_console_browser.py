@@ -140,6 +140,29 @@ def test_thumbs_down_to_take_over_reply_and_resume(service, open_page, agent, ar
     assert not console.errors and not customer.errors
 
 
+def test_a_snapshot_further_on_than_the_open_transcript_fills_it(service, open_page, agent):
+    """A line lost with a batch the server dropped under load comes back with a snapshot."""
+    from django.db.models import F
+
+    console = console_page(open_page, agent)
+    customer = widget_page(open_page)
+    widget_say(customer, "How do I reset my password?")
+    expect(widget_messages(customer, "ai").last).to_contain_text("Forgot password", timeout=10_000)
+    console.get_by_test_id("hh-card").first.click()
+    lines = console.get_by_test_id("hh-panel").get_by_test_id("hh-message")
+    expect(lines).to_have_count(2)
+    # Stored without a word to the consoles, as when the batch carrying it was dropped.
+    conversation = Conversation.objects.get()
+    Message.objects.create(conversation=conversation, seq=3, role=Role.USER, text="Hello?")
+    Conversation.objects.filter(pk=conversation.pk).update(
+        message_count=3, version=F("version") + 1
+    )
+    console.evaluate("window.HandoffConsole.resync()")
+    expect(lines).to_have_count(3)
+    expect(lines.last).to_contain_text("Hello?")
+    assert not console.errors and not customer.errors
+
+
 def test_a_second_agent_sees_who_holds_the_conversation(
     service, open_page, agent, agent2, artifacts
 ):

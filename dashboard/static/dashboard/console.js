@@ -45,7 +45,7 @@ const state = {
   transcriptReady: false,
   snapshots: 0,
 };
-window.HandoffConsole = { state, applyFrame };
+window.HandoffConsole = { state, applyFrame, resync: () => resync() };
 
 // ---- DOM ------------------------------------------------------------------------------
 
@@ -472,7 +472,10 @@ function applySnapshot(snap) {
   setHidden(dom.empty, state.services.length > 0);
   setAttr(dom.services, "aria-busy", "false");
   syncWatch();
-  if (state.watched) renderPanel();
+  if (state.watched) {
+    renderPanel();
+    fillFromCard();
+  }
 }
 
 function applyCard(card) {
@@ -919,6 +922,15 @@ function maxSeq() {
   let max = 0;
   for (const key of Object.keys(state.messages)) max = Math.max(max, Number(key));
   return max;
+}
+
+/** A snapshot may show the open conversation further on than its transcript (its last
+ * lines lost with a batch the server dropped under load): fetch what is missing. */
+function fillFromCard() {
+  const card = state.cards[state.watched];
+  if (!card || !state.transcriptReady) return;
+  if (Number(card.message_count) > maxSeq()) loadMessages(state.watched, openToken, maxSeq());
+  else checkGap();
 }
 
 /** If a seq is missing, fetch everything after the last contiguous one. */
