@@ -45,7 +45,7 @@ const state = {
   transcriptReady: false,
   snapshots: 0,
 };
-window.HandoffConsole = { state, applyFrame, resync: () => resync() };
+window.HandoffConsole = { state, applyFrame, resync };
 
 // ---- DOM ------------------------------------------------------------------------------
 
