@@ -16,7 +16,7 @@ from django.core.cache import cache
 from conversations import geo, protocol, selectors, services
 from conversations.models import Conversation, Service, Visitor
 from handoff import inprocess_beat
-from handoff.db import DirectDispatch, db
+from handoff.db import DirectDispatch, GroupCommit, db
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,32 @@ def _decode(text_data: str | None) -> object:
         return json.loads(text_data)
     except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the stack
         return None
+
+
+def _within_rate(visitor: Visitor) -> bool:
+    """Count one message of `visitor`: False once over WIDGET_RATE_LIMIT this minute."""
+    key = f"widget-rate:{visitor.pk}"
+    try:
+        count = cache.incr(key)
+    except ValueError:  # the first message of this minute
+        count = 1 if cache.add(key, 1, 60) else cache.incr(key)
+    return count <= settings.WIDGET_RATE_LIMIT
+
+
+def _store_messages(posts: list[services.CustomerPost]) -> list:
+    """Each post's `Posted` or error, or None if its visitor is over the rate."""
+    allowed = [_within_rate(post.visitor) for post in posts]
+    stored = iter(
+        services.conversation_post_customer_messages(
+            [post for post, ok in zip(posts, allowed, strict=True) if ok]
+        )
+    )
+    return [next(stored) if ok else None for ok in allowed]
+
+
+# Every widget socket of this process posts through it: the messages that arrive while one
+# batch commits are stored together in the next.
+customer_messages = GroupCommit(_store_messages)
 
 
 class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
@@ -228,7 +254,9 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         return visitor, token, services.open_conversation_for(visitor=visitor)
 
     async def on_message(self, content: dict) -> None:
-        posted = await db(self._post)(content.get("text"), content.get("client_id"))
+        posted = await customer_messages.submit(
+            services.CustomerPost(self.visitor, content.get("text"), content.get("client_id"))
+        )
         if posted is None:
             await self.send_error(
                 "rate_limited",
@@ -246,19 +274,6 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self._send_message_frame(protocol.message_frame(message))
         else:
             await self.send_json(protocol.message_frame(message))
-
-    def _post(self, text: object, client_id: object) -> services.Posted | None:
-        """Store the message, or None if this visitor is over WIDGET_RATE_LIMIT a minute."""
-        key = f"widget-rate:{self.visitor.pk}"
-        try:
-            count = cache.incr(key)
-        except ValueError:  # the first message of this minute
-            count = 1 if cache.add(key, 1, 60) else cache.incr(key)
-        if count > settings.WIDGET_RATE_LIMIT:
-            return None
-        return services.conversation_post_customer_message(
-            visitor=self.visitor, text=text, client_id=client_id
-        )
 
     async def on_feedback(self, content: dict) -> None:
         message = await db(services.message_give_feedback)(

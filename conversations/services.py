@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -171,7 +172,7 @@ def clean_text(text: object) -> str:
     return text
 
 
-def _audit(
+def _audit_event(
     action: str,
     *,
     conversation: Conversation | None = None,
@@ -179,8 +180,9 @@ def _audit(
     actor: AbstractBaseUser | None = None,
     actor_kind: str = "system",
     **detail,
-) -> None:
-    AuditEvent.objects.create(
+) -> AuditEvent:
+    """The audit row for `action`, unsaved: `_audit` stores one, a batch stores many at once."""
+    return AuditEvent(
         action=action,
         actor=actor,
         actor_kind=actor_kind if actor is None else ("admin" if is_admin(actor) else "agent"),
@@ -188,6 +190,10 @@ def _audit(
         conversation=conversation,
         detail=detail,
     )
+
+
+def _audit(action: str, **kwargs) -> None:
+    _audit_event(action, **kwargs).save(force_insert=True)
 
 
 def _locked(conversation_id) -> Conversation:
@@ -199,6 +205,46 @@ def _locked(conversation_id) -> Conversation:
     )
 
 
+APPEND_FIELDS = ["message_count", "last_activity_at", "version"]
+
+
+def _next_message(conversation: Conversation, **fields) -> Message:
+    """The locked conversation's next message, unsaved; seq is gapless in commit order.
+
+    Counts it on the conversation in memory: the caller saves `APPEND_FIELDS`, then calls
+    `_announce` once the message is stored.
+    """
+    conversation.message_count += 1
+    conversation.last_activity_at = timezone.now()
+    conversation.version += 1
+    return Message(conversation=conversation, seq=conversation.message_count, **fields)
+
+
+def _posted_audit(message: Message, actor_kind: str) -> AuditEvent:
+    return _audit_event(
+        AuditAction.MESSAGE_POSTED,
+        conversation=message.conversation,
+        actor=message.author,
+        actor_kind=actor_kind,
+        seq=message.seq,
+        role=message.role,
+    )
+
+
+def _announce(message: Message) -> None:
+    """After commit: the stored message to its conversation's sockets and to subscribers."""
+    events.publish(
+        events.MessagePosted(
+            conversation_id=message.conversation_id,
+            message_id=message.pk,
+            seq=message.seq,
+            role=message.role,
+            message=message,
+        )
+    )
+    transaction.on_commit(lambda: protocol.send_message(message))
+
+
 def _append(
     conversation: Conversation,
     *,
@@ -206,46 +252,24 @@ def _append(
     text: str,
     author: AbstractBaseUser | None = None,
     specialist: Specialist | None = None,
-    client_id: str | None = None,
     confidence: float | None = None,
     evidence: dict | None = None,
     actor_kind: str = "system",
 ) -> Message:
-    """Store the next message of a locked conversation; seq is gapless in commit order."""
-    now = timezone.now()
-    conversation.message_count += 1
-    conversation.last_activity_at = now
-    conversation.version += 1
-    message = Message.objects.create(
-        conversation=conversation,
-        seq=conversation.message_count,
+    """Store the next message of a locked conversation."""
+    message = _next_message(
+        conversation,
         role=role,
         text=text,
         author=author,
         specialist=specialist,
-        client_id=client_id,
         confidence=confidence,
         evidence=evidence or {},
     )
-    conversation.save(update_fields=["message_count", "last_activity_at", "version"])
-    _audit(
-        AuditAction.MESSAGE_POSTED,
-        conversation=conversation,
-        actor=author,
-        actor_kind=actor_kind,
-        seq=message.seq,
-        role=role,
-    )
-    events.publish(
-        events.MessagePosted(
-            conversation_id=conversation.id,
-            message_id=message.pk,
-            seq=message.seq,
-            role=role,
-            message=message,
-        )
-    )
-    transaction.on_commit(lambda: protocol.send_message(message))
+    message.save(force_insert=True)
+    conversation.save(update_fields=APPEND_FIELDS)
+    _posted_audit(message, actor_kind).save(force_insert=True)
+    _announce(message)
     return message
 
 
@@ -262,14 +286,17 @@ def _set_paused(conversation: Conversation, *, waiting: bool, now: datetime) -> 
     conversation.save(update_fields=["ai_paused", "ai_epoch", "waiting_since", "version"])
 
 
-def _enqueue_worker_turn(conversation: Conversation, message: Message) -> None:
+def _enqueue_worker_turns(messages: list[Message]) -> None:
     """After commit, one task per customer message: its slow checks, then the AI's answer."""
     from conversations import tasks
 
-    conversation_id, message_id, epoch = str(conversation.id), message.pk, conversation.ai_epoch
-    transaction.on_commit(
-        lambda: tasks.dispatch(tasks.generate_ai_reply, conversation_id, message_id, epoch)
-    )
+    turns = [(str(m.conversation_id), m.pk, m.conversation.ai_epoch) for m in messages]
+
+    def dispatch() -> None:
+        for turn in turns:
+            tasks.dispatch(tasks.generate_ai_reply, *turn)
+
+    transaction.on_commit(dispatch)
 
 
 def ai_should_answer(conversation: Conversation) -> bool:
@@ -431,6 +458,23 @@ class Posted:
     created: bool
 
 
+@dataclass(frozen=True)
+class CustomerPost:
+    """A customer's message as it arrived, for `conversation_post_customer_messages`."""
+
+    visitor: Visitor
+    text: object
+    client_id: object
+
+
+def _checked_client_id(client_id: object) -> str:
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
+        raise BadClientId()
+    if _scrub(client_id) != client_id:
+        raise BadClientId()  # NUL or a lone surrogate: it could be neither stored nor matched
+    return client_id
+
+
 def _stored_with_client_id(visitor: Visitor, client_id: str) -> Message | None:
     stored = Message.objects.filter(
         conversation__visitor=visitor, role=Role.USER, client_id=client_id
@@ -440,36 +484,103 @@ def _stored_with_client_id(visitor: Visitor, client_id: str) -> Message | None:
     return stored.select_related("specialist", "author").first()
 
 
+def _stored_with_client_ids(visitor_ids, client_ids) -> dict[tuple[int, str], Message]:
+    """The visitors' messages already stored under these client ids, by (visitor, client id)."""
+    stored = (
+        Message.objects.filter(
+            conversation__visitor_id__in=visitor_ids, role=Role.USER, client_id__in=client_ids
+        )
+        .annotate(visitor_pk=F("conversation__visitor_id"))
+        .select_related("specialist", "author")
+        .order_by()
+    )
+    return {(message.visitor_pk, message.client_id): message for message in stored}
+
+
 def conversation_post_customer_message(
     *, visitor: Visitor, text: object, client_id: object
 ) -> Posted:
     """Store the customer's message once per `client_id` and let the AI answer if it may."""
-    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
-        raise BadClientId()
-    if _scrub(client_id) != client_id:
-        raise BadClientId()  # NUL or a lone surrogate: it could be neither stored nor matched
-    text = clean_text(text)
-    with transaction.atomic():
-        conversation = _locked_open(visitor)
-        if conversation is None:
-            # Not a conversation to start if this is a resend of a message stored before
-            # the last one closed.
-            repeat = _stored_with_client_id(visitor, client_id)
-            if repeat is not None:
-                return Posted(message=repeat, created=False)
-            conversation = _open_or_start(visitor=visitor, opening_question=text)
-        # Checked under the conversation lock: a twin frame may have just committed.
-        repeat = _stored_with_client_id(visitor, client_id)
+    (outcome,) = conversation_post_customer_messages([CustomerPost(visitor, text, client_id)])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def conversation_post_customer_messages(
+    posts: Sequence[CustomerPost],
+) -> list[Posted | Exception]:
+    """Store customer messages that arrived together in one transaction (group commit).
+
+    Each post gets, in order, what posting it alone gives: its `Posted`, or the error it
+    raises. However many there are, the batch costs one lock query, one resend check and
+    one insert each for messages, counts and audit rows, so a web process under load
+    stores what arrived while its previous batch committed at a fraction of the cost per
+    message. If the batch fails in the database, each post is tried alone: one post's
+    failure costs the others nothing.
+    """
+    outcomes: list[Posted | Exception | None] = [None] * len(posts)
+    checked = []
+    for index, post in enumerate(posts):
+        try:
+            client_id = _checked_client_id(post.client_id)
+            checked.append((index, post.visitor, client_id, clean_text(post.text)))
+        except HandoffError as error:
+            outcomes[index] = error
+    batches = [checked] if checked else []
+    while batches:
+        batch = batches.pop(0)
+        try:
+            with transaction.atomic():
+                _store_customer_messages(batch, outcomes)
+        except Exception as error:
+            if len(batch) == 1:
+                outcomes[batch[0][0]] = error
+                continue
+            logger.warning("a batch of %d customer messages failed; storing each alone", len(batch))
+            batches = [[item] for item in batch]
+    return outcomes
+
+
+def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
+    visitors = {visitor.pk for _, visitor, _, _ in checked}
+    # Locked in id order, so that batches in two processes never wait for each other in a
+    # circle. A visitor has at most one open conversation.
+    open_by_visitor = {
+        conversation.visitor_id: conversation
+        for conversation in Conversation.objects.select_for_update(of=("self",))
+        .select_related("service", "claimed_by")
+        .filter(visitor_id__in=visitors, status=Status.OPEN)
+        .order_by("pk")
+    }
+    # Checked under the conversations' locks: a twin frame may have just committed.
+    stored = _stored_with_client_ids(visitors, {client_id for _, _, client_id, _ in checked})
+    appended: list[Message] = []
+    for index, visitor, client_id, text in checked:
+        repeat = stored.get((visitor.pk, client_id))
+        if repeat is None and visitor.pk not in open_by_visitor:
+            # Not a resend of a message stored before the last conversation closed: start one.
+            open_by_visitor[visitor.pk] = _open_or_start(visitor=visitor, opening_question=text)
+            repeat = _stored_with_client_id(visitor, client_id)  # a twin frame started it
         if repeat is not None:
-            return Posted(message=repeat, created=False)
+            outcomes[index] = Posted(message=repeat, created=False)
+            continue
+        conversation = open_by_visitor[visitor.pk]
         if not conversation.opening_question:
             conversation.opening_question = text
-            conversation.save(update_fields=["opening_question"])
-        message = _append(
-            conversation, role=Role.USER, text=text, client_id=client_id, actor_kind="visitor"
-        )
-        _enqueue_worker_turn(conversation, message)
-    return Posted(message=message, created=True)
+        message = _next_message(conversation, role=Role.USER, text=text, client_id=client_id)
+        stored[visitor.pk, client_id] = message
+        appended.append(message)
+        outcomes[index] = Posted(message=message, created=True)
+    if not appended:
+        return
+    Message.objects.bulk_create(appended)
+    touched = {message.conversation_id: message.conversation for message in appended}
+    Conversation.objects.bulk_update(touched.values(), [*APPEND_FIELDS, "opening_question"])
+    AuditEvent.objects.bulk_create([_posted_audit(message, "visitor") for message in appended])
+    for message in appended:
+        _announce(message)
+    _enqueue_worker_turns(appended)
 
 
 def message_give_feedback(*, visitor: Visitor, seq: object, value: object) -> Message:

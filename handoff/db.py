@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connections
+
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
 
 
 def db(func: Callable) -> Callable:
@@ -55,3 +61,53 @@ class DirectDispatch:
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+
+class GroupCommit(Generic[Item, Outcome]):
+    """Database work that arrives while a batch is being stored goes into the next batch.
+
+    `store(items)` runs in a database thread (`db()`) and returns one outcome per item, in
+    order: a result, or an exception for that item alone. One batch is in flight per event
+    loop at a time, so an idle process stores each item at once, and a busy one stores many
+    per transaction: the cost of a commit is shared by everything that arrived meanwhile.
+    """
+
+    def __init__(self, store: Callable[[Sequence[Item]], list[Outcome | Exception]]) -> None:
+        self.store = store
+        self._queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def submit(self, item: Item) -> Outcome:
+        """Store `item` with whatever else is waiting; its outcome, or its error raised."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue()
+        future = loop.create_future()
+        queue.waiting.append((item, future))
+        if queue.drainer is None:
+            queue.drainer = loop.create_task(self._drain(queue))
+        return await future
+
+    async def _drain(self, queue: _Queue) -> None:
+        try:
+            while queue.waiting:
+                batch, queue.waiting = queue.waiting, []
+                try:
+                    outcomes = await db(self.store)([item for item, _ in batch])
+                except Exception as error:
+                    outcomes = [error] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():  # its socket went away: the item is stored all the same
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            queue.drainer = None
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.waiting: list[tuple[object, asyncio.Future]] = []
+        self.drainer: asyncio.Task | None = None

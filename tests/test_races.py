@@ -106,6 +106,36 @@ def test_the_same_client_id_sent_twice_at_once_is_stored_once(conversation):
     assert len({o.message.pk for o in outcomes}) == 1
 
 
+def test_batches_of_two_processes_over_the_same_conversations_store_everything_once(
+    transactional_db, caplog
+):
+    service = make_service()
+    visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(6)]
+    for n, visitor in enumerate(visitors[:4]):  # two start their conversation in the race
+        services.conversation_post_customer_message(visitor=visitor, text="hi", client_id=f"{n}")
+
+    def batch(order: list, tag: str):
+        return services.conversation_post_customer_messages(
+            [services.CustomerPost(v, f"{tag} to {i}", f"{tag}-{i}") for i, v in order]
+            + [services.CustomerPost(v, "twin", f"twin-{i}") for i, v in order]
+        )
+
+    forward = list(enumerate(visitors))
+    outcomes = race(
+        [lambda n=n: batch(forward if n % 2 else forward[::-1], f"b{n}") for n in range(8)]
+    )
+
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert all(isinstance(p, services.Posted) for posts in outcomes for p in posts)
+    assert "storing each alone" not in caplog.text  # no deadlock between batches
+    for visitor in visitors:
+        conversation = Conversation.objects.get(visitor=visitor)
+        seqs = sorted(conversation.messages.values_list("seq", flat=True))
+        assert seqs == list(range(1, conversation.message_count + 1))
+        assert conversation.messages.filter(client_id__startswith="twin-").count() == 1
+        assert conversation.messages.filter(client_id__startswith="b").count() == 8
+
+
 def test_first_messages_from_two_sockets_of_one_visitor_share_one_conversation(transactional_db):
     service = make_service()
     visitor, _ = services.visitor_identify(service=service, token=None)

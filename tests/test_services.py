@@ -109,8 +109,9 @@ def test_a_message_in_an_open_conversation_is_stored_in_five_plain_statements(sa
         "UPDATE",
         "INSERT",
     ]
-    # One conversation per visitor and one message per client_id: nothing to sort.
-    assert not [sql for sql in statements if "ORDER BY" in sql]
+    # Only the lock sorts (locks are taken in id order); nothing else needs an order.
+    assert [sql for sql in statements if "ORDER BY" in sql] == statements[:1]
+    assert "FOR UPDATE" in statements[0]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,233 @@
+"""Group commit: customer messages that arrive together are stored in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+
+import pytest
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
+
+from conversations import consumers, services, tasks
+from conversations.models import AuditAction, AuditEvent, Message
+from conversations.services import CustomerPost
+from handoff.db import GroupCommit
+from tests.conftest import make_service
+from tests.widget import Widget
+
+
+def new_visitors(service, n: int) -> list:
+    return [services.visitor_identify(service=service, token=None)[0] for _ in range(n)]
+
+
+def statements(captured: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
+
+
+@pytest.mark.django_db
+def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
+    service, monkeypatch, django_capture_on_commit_callbacks
+):
+    a, b, c = new_visitors(service, 3)
+    first = services.conversation_post_customer_message(visitor=a, text="Hello", client_id="a-1")
+    dispatched = []
+    monkeypatch.setattr(tasks, "dispatch", lambda task, *args: dispatched.append(args))
+    with django_capture_on_commit_callbacks(execute=True):
+        outcomes = services.conversation_post_customer_messages(
+            [
+                CustomerPost(a, "Where are my invoices?", "a-2"),  # its open conversation
+                CustomerPost(b, "I can't log in", "b-1"),  # starts one
+                CustomerPost(b, "Still there?", "b-2"),  # the next seq of the one just started
+                CustomerPost(a, "Hello", "a-1"),  # a resend of a stored message
+                CustomerPost(b, "I can't log in", "b-1"),  # a twin within the batch
+                CustomerPost(c, "   ", "c-1"),
+                CustomerPost(c, "hi", ""),
+            ]
+        )
+
+    assert isinstance(outcomes[5], services.EmptyText)
+    assert isinstance(outcomes[6], services.BadClientId)
+    posted = outcomes[:5]
+    assert [p.created for p in posted] == [True, True, True, False, False]
+    assert [p.message.seq for p in posted] == [2, 1, 2, 1, 1]
+    assert posted[3].message.pk == first.message.pk
+    assert posted[4].message.pk == posted[1].message.pk
+    conversation_a, conversation_b = posted[0].message.conversation, posted[1].message.conversation
+    conversation_a.refresh_from_db()
+    conversation_b.refresh_from_db()
+    assert (conversation_a.message_count, conversation_b.message_count) == (2, 2)
+    assert conversation_b.opening_question == "I can't log in"
+    assert list(
+        Message.objects.filter(conversation=conversation_b).order_by("seq").values_list("text")
+    ) == [("I can't log in",), ("Still there?",)]
+    assert not Message.objects.filter(conversation__visitor=c).exists()
+    audited = AuditEvent.objects.filter(action=AuditAction.MESSAGE_POSTED, actor_kind="visitor")
+    assert sorted((e.conversation_id, e.detail["seq"]) for e in audited) == sorted(
+        [
+            (conversation_a.pk, 1),
+            (conversation_a.pk, 2),
+            (conversation_b.pk, 1),
+            (conversation_b.pk, 2),
+        ]
+    )
+    # One worker turn per stored message, none for a resend.
+    assert [args[1] for args in dispatched] == [p.message.pk for p in posted[:3]]
+
+
+@pytest.mark.django_db
+def test_a_batch_of_thirty_costs_the_statements_of_one(service):
+    visitors = new_visitors(service, 31)
+    for n, visitor in enumerate(visitors):
+        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id=f"{n}")
+
+    with CaptureQueriesContext(connection) as one:
+        services.conversation_post_customer_messages([CustomerPost(visitors[0], "Hello?", "x")])
+    with CaptureQueriesContext(connection) as thirty:
+        outcomes = services.conversation_post_customer_messages(
+            [CustomerPost(v, f"Question {n}", "x") for n, v in enumerate(visitors[1:])]
+        )
+
+    assert all(o.created for o in outcomes)
+    # Lock, resend check, insert messages, count them, audit them.
+    kinds = ["SELECT", "SELECT", "INSERT", "UPDATE", "INSERT"]
+    assert [sql.split()[0] for sql in statements(one)] == kinds
+    assert [sql.split()[0] for sql in statements(thirty)] == kinds
+    assert Message.objects.filter(client_id="x").count() == 31
+
+
+@pytest.mark.django_db
+def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monkeypatch, caplog):
+    a, b = new_visitors(service, 2)
+    audits = AuditEvent.objects.bulk_create
+    sizes = []
+
+    def refuse_batches(rows, **kwargs):
+        sizes.append(len(rows))
+        if len(rows) > 1:
+            raise OperationalError("deadlock detected")
+        return audits(rows, **kwargs)
+
+    monkeypatch.setattr(AuditEvent.objects, "bulk_create", refuse_batches)
+    with caplog.at_level(logging.WARNING, logger="conversations.services"):
+        outcomes = services.conversation_post_customer_messages(
+            [
+                CustomerPost(a, "one", "1"),
+                CustomerPost(b, "two", "2"),
+                CustomerPost(a, "three", "3"),
+            ]
+        )
+
+    assert sizes == [3, 1, 1, 1]
+    assert all(o.created for o in outcomes)
+    assert [o.message.seq for o in outcomes] == [1, 1, 2]
+    assert Message.objects.count() == 3
+    assert "storing each alone" in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_post_that_fails_alone_fails_only_itself(service, monkeypatch):
+    a, b = new_visitors(service, 2)
+    create = Message.objects.bulk_create
+
+    def refuse_b(rows, **kwargs):
+        if any(m.conversation.visitor_id == b.pk for m in rows):
+            raise OperationalError("server closed the connection")
+        return create(rows, **kwargs)
+
+    monkeypatch.setattr(Message.objects, "bulk_create", refuse_b)
+    outcomes = services.conversation_post_customer_messages(
+        [CustomerPost(a, "one", "1"), CustomerPost(b, "two", "2")]
+    )
+
+    assert outcomes[0].created is True
+    assert isinstance(outcomes[1], OperationalError)
+    with pytest.raises(OperationalError):
+        services.conversation_post_customer_message(visitor=b, text="two", client_id="2")
+    assert list(Message.objects.values_list("text", flat=True)) == ["one"]
+
+
+async def test_items_arriving_while_a_batch_is_stored_go_together_in_the_next():
+    started, release = threading.Event(), threading.Event()
+    batches = []
+
+    def store(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            started.set()
+            release.wait(10)
+        return [ValueError(item) if item == "bad" else item.upper() for item in items]
+
+    group = GroupCommit(store)
+    first = asyncio.ensure_future(group.submit("a"))
+    await asyncio.to_thread(started.wait, 10)
+    rest = [asyncio.ensure_future(group.submit(item)) for item in ("b", "bad", "c")]
+    await asyncio.to_thread(release.set)  # the three submit while the first batch runs
+
+    assert await first == "A"
+    outcomes = await asyncio.gather(*rest, return_exceptions=True)
+    assert outcomes[0] == "B" and outcomes[2] == "C"
+    assert isinstance(outcomes[1], ValueError)
+    assert batches == [["a"], ["b", "bad", "c"]]
+    # Idle again: the next item goes at once, alone.
+    assert await group.submit("d") == "D"
+    assert batches[-1] == ["d"]
+
+
+async def test_a_batch_that_raises_fails_each_of_its_items():
+    def store(items):
+        raise OperationalError("the database went away")
+
+    with pytest.raises(OperationalError):
+        await GroupCommit(store).submit("a")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_sockets_sending_at_once_are_stored_in_shared_batches(transactional_db, monkeypatch):
+    await asyncio.to_thread(make_service)
+    batches = []
+    post = services.conversation_post_customer_messages
+
+    def spy(posts):
+        batches.append(len(posts))
+        return post(posts)
+
+    monkeypatch.setattr(services, "conversation_post_customer_messages", spy)
+    widgets = [Widget(ip=f"203.0.113.{n}") for n in range(12)]
+    for widget in widgets:
+        await widget.connect()
+        await widget.hello()
+    client_ids = [str(uuid.uuid4()) for _ in widgets]
+    for widget, client_id in zip(widgets, client_ids, strict=True):
+        await widget.send(
+            {"type": "message", "text": "Where is my invoice?", "client_id": client_id}
+        )
+    echoes = [
+        await widget.receive_until(lambda f: f["type"] in ("message", "error"))
+        for widget in widgets
+    ]
+    for widget in widgets:
+        await widget.communicator.disconnect()
+
+    assert [(e["type"], e["seq"], e["client_id"]) for e in echoes] == [
+        ("message", 1, client_id) for client_id in client_ids
+    ]
+    assert sum(batches) == 12
+    assert max(batches) > 1  # they waited for each other's commit, not each for its own
+
+
+@pytest.mark.django_db
+def test_a_visitor_over_the_rate_is_refused_without_costing_the_others(service, settings):
+    settings.WIDGET_RATE_LIMIT = 2
+    a, b = new_visitors(service, 2)
+    outcomes = consumers._store_messages(
+        [
+            CustomerPost(a, "1", "1"),
+            CustomerPost(a, "2", "2"),
+            CustomerPost(b, "x", "x"),
+            CustomerPost(a, "3", "3"),
+        ]
+    )
+    assert [o.message.text if o else None for o in outcomes] == ["1", "2", "x", None]
