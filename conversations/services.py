@@ -287,16 +287,15 @@ def _set_paused(conversation: Conversation, *, waiting: bool, now: datetime) -> 
 
 
 def _enqueue_worker_turns(messages: list[Message]) -> None:
-    """After commit, one task per customer message: its slow checks, then the AI's answer."""
+    """After commit, the worker's turn on each customer message: its slow checks, then the
+    AI's answer. One task for the messages of one batch."""
     from conversations import tasks
 
-    turns = [(str(m.conversation_id), m.pk, m.conversation.ai_epoch) for m in messages]
-
-    def dispatch() -> None:
-        for turn in turns:
-            tasks.dispatch(tasks.generate_ai_reply, *turn)
-
-    transaction.on_commit(dispatch)
+    turns = [[str(m.conversation_id), m.pk, m.conversation.ai_epoch] for m in messages]
+    if len(turns) == 1:
+        transaction.on_commit(lambda: tasks.dispatch(tasks.generate_ai_reply, *turns[0]))
+    else:
+        transaction.on_commit(lambda: tasks.dispatch(tasks.generate_ai_replies, turns))
 
 
 def ai_should_answer(conversation: Conversation) -> bool:

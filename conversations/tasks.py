@@ -64,6 +64,31 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     the checks cause is committed before the AI would answer. Returns the reply's seq, or
     None if there is no reply.
     """
+    return _take_turn(conversation_id, message_id, epoch)
+
+
+@shared_task(acks_late=True)
+def generate_ai_replies(turns: list[list]) -> list[int | None]:
+    """The worker's turns on customer messages the web stored in one batch, in order.
+
+    One task for the batch rather than one per message: under load a web process stores
+    many messages per transaction, and a task's trip through the broker costs more than
+    the turn. A turn that fails on a transient error goes back to the broker as a task of
+    its own (`generate_ai_reply`, retried with backoff); the others are done. Every turn is
+    idempotent, so a batch delivered again (a worker killed mid-batch) answers nothing twice.
+    """
+    seqs: list[int | None] = []
+    for conversation_id, message_id, epoch in turns:
+        try:
+            seqs.append(_take_turn(conversation_id, message_id, epoch))
+        except TRANSIENT:
+            logger.warning("turn on message %s failed; retried on its own", message_id)
+            dispatch_later(generate_ai_reply, conversation_id, message_id, epoch, countdown=1)
+            seqs.append(None)
+    return seqs
+
+
+def _take_turn(conversation_id: str, message_id: int, epoch: int) -> int | None:
     message = (
         Message.objects.filter(pk=message_id, role=Role.USER)
         .select_related("conversation__service")

@@ -34,7 +34,7 @@ def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
     a, b, c = new_visitors(service, 3)
     first = services.conversation_post_customer_message(visitor=a, text="Hello", client_id="a-1")
     dispatched = []
-    monkeypatch.setattr(tasks, "dispatch", lambda task, *args: dispatched.append(args))
+    monkeypatch.setattr(tasks, "dispatch", lambda task, *args: dispatched.append((task, args)))
     with django_capture_on_commit_callbacks(execute=True):
         outcomes = services.conversation_post_customer_messages(
             [
@@ -73,8 +73,13 @@ def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
             (conversation_b.pk, 2),
         ]
     )
-    # One worker turn per stored message, none for a resend.
-    assert [args[1] for args in dispatched] == [p.message.pk for p in posted[:3]]
+    # One task for the batch: a worker turn per stored message, none for a resend.
+    assert dispatched == [
+        (
+            tasks.generate_ai_replies,
+            ([[str(p.message.conversation_id), p.message.pk, 0] for p in posted[:3]],),
+        )
+    ]
 
 
 @pytest.mark.django_db

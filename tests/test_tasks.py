@@ -257,3 +257,52 @@ def test_a_reply_task_reads_its_question_once(question):
     assert len([sql for sql in reads if by_id in sql]) == 1
     question.refresh_from_db()
     assert question.sentiment is not None  # the mood was scored on the message read once
+
+
+def test_the_batch_task_takes_each_turn_in_order_and_answers_the_last_question(service):
+    visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(2)]
+    posted = services.conversation_post_customer_messages(
+        [
+            services.CustomerPost(visitors[0], "How do I reset my password?", "a"),
+            services.CustomerPost(visitors[1], "Where can I download my invoices?", "b"),
+            services.CustomerPost(visitors[1], "I need an invoice", "c"),
+        ]
+    )
+    turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
+
+    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [2, None, 3]
+    # Delivered again (a worker killed mid-batch): nothing is answered twice.
+    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [None, None, None]
+    answers = Message.objects.filter(role=Role.AI).order_by("seq")
+    assert [(m.conversation.visitor_id, m.seq) for m in answers] == [
+        (visitors[0].pk, 2),
+        (visitors[1].pk, 3),
+    ]
+
+
+def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service, monkeypatch):
+    from django.db import OperationalError
+
+    visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(2)]
+    posted = services.conversation_post_customer_messages(
+        [
+            services.CustomerPost(visitors[0], "How do I reset my password?", "a"),
+            services.CustomerPost(visitors[1], "Where can I download my invoices?", "b"),
+        ]
+    )
+    turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
+    take_turn = tasks._take_turn
+
+    def first_fails(conversation_id, message_id, epoch):
+        if message_id == posted[0].message.pk:
+            raise OperationalError("could not serialize access")
+        return take_turn(conversation_id, message_id, epoch)
+
+    later = []
+    monkeypatch.setattr(tasks, "_take_turn", first_fails)
+    monkeypatch.setattr(
+        tasks, "dispatch_later", lambda task, *args, countdown: later.append((task, args))
+    )
+
+    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [None, 2]
+    assert later == [(tasks.generate_ai_reply, tuple(turns[0]))]
