@@ -77,6 +77,12 @@ def generate_ai_replies(turns: list[list]) -> list[int | None]:
     its own (`generate_ai_reply`, retried with backoff); the others are done. Every turn is
     idempotent, so a batch delivered again (a worker killed mid-batch) answers nothing twice.
     """
+    if get_responder().typing_indicator:
+        # A remote model takes seconds a turn: one after the other, the batch's last
+        # customer would wait for everyone's answer. The worker's processes take them apart.
+        for turn in turns:
+            dispatch(generate_ai_reply, *turn)
+        return [None] * len(turns)
     seqs: list[int | None] = []
     for conversation_id, message_id, epoch in turns:
         try:

@@ -306,3 +306,22 @@ def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service,
 
     assert tasks.generate_ai_replies.apply(args=[turns]).get() == [None, 2]
     assert later == [(tasks.generate_ai_reply, tuple(turns[0]))]
+
+
+def test_a_batch_for_a_slow_responder_becomes_a_task_per_turn(service, monkeypatch):
+    class RemoteModel:
+        typing_indicator = True
+
+        def reply(self, request):
+            raise AssertionError("not answered in the batch")
+
+    dispatched = []
+    monkeypatch.setattr(tasks, "get_responder", RemoteModel)
+    monkeypatch.setattr(tasks, "dispatch", lambda task, *args: dispatched.append((task, args)))
+    turns = [["c1", 1, 0], ["c2", 2, 0]]
+
+    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [None, None]
+    assert dispatched == [
+        (tasks.generate_ai_reply, ("c1", 1, 0)),
+        (tasks.generate_ai_reply, ("c2", 2, 0)),
+    ]
