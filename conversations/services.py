@@ -729,6 +729,20 @@ def ai_reply_needed(*, conversation: Conversation, reply_to: Message) -> bool:
     return not later
 
 
+@dataclass(frozen=True)
+class AiReply:
+    """The AI's answer to `reply_to`, for `conversation_post_ai_messages`."""
+
+    conversation_id: object
+    reply_to: Message
+    epoch: int
+    text: str
+    specialist: Specialist | None
+    confidence: float | None = None
+    non_answer: bool | None = None
+    evidence: dict | None = None
+
+
 def conversation_post_ai_message(
     *,
     conversation_id,
@@ -740,66 +754,119 @@ def conversation_post_ai_message(
     non_answer: bool | None = None,
     evidence: dict | None = None,
 ) -> Message | None:
-    """Post the AI's reply to `reply_to`, or drop it if the conversation moved on.
+    """Post the AI's reply to `reply_to`, or drop it if the conversation moved on."""
+    reply = AiReply(
+        conversation_id, reply_to, epoch, text, specialist, confidence, non_answer, evidence
+    )
+    return conversation_post_ai_messages([reply])[0]
 
-    The row lock serialises this with take-overs: a pause that commits first bumps the
+
+def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | None]:
+    """Post the AI's replies in one transaction: each its message, or None if it was dropped.
+
+    The rows' locks serialise this with take-overs: a pause that commits first bumps the
     epoch, and a reply generated before it is dropped rather than talking over a human.
+    Locked in id order, like the customer messages' batches, so that no two wait in a circle.
     """
-    text = clean_text(text)[:MAX_MESSAGE_LENGTH]
+    texts: list[str | None] = []
+    for reply in replies:
+        try:
+            texts.append(clean_text(reply.text)[:MAX_MESSAGE_LENGTH])
+        except HandoffError:
+            logger.warning("the AI's reply to seq %s was empty; dropped", reply.reply_to.seq)
+            texts.append(None)
+    outcomes: list[Message | None] = []
     with transaction.atomic():
-        conversation = _locked(conversation_id)
-        latest_user_seq = reply_to.seq  # the common case: nothing was said since
-        if conversation.message_count > reply_to.seq:
-            latest_user_seq = (
-                conversation.messages.filter(role=Role.USER)
-                .order_by("-seq")
-                .values_list("seq", flat=True)
-                .first()
+        locked = {
+            str(conversation.pk): conversation
+            for conversation in Conversation.objects.select_for_update(of=("self",))
+            .select_related("service", "claimed_by", "specialist")
+            .filter(pk__in={str(reply.conversation_id) for reply in replies})
+            .order_by("pk")
+        }
+        appended: list[Message] = []
+        audits: list[AuditEvent] = []
+        answered: dict[str, int] = {}  # conversation -> the seq it answered in this batch
+        for reply, text in zip(replies, texts, strict=True):
+            conversation = locked[str(reply.conversation_id)]
+            reason = _reply_dropped_because(conversation, reply, answered)
+            if reason or text is None:
+                if reason:
+                    audits.append(
+                        _audit_event(
+                            AuditAction.AI_REPLY_DROPPED,
+                            conversation=conversation,
+                            actor_kind="ai",
+                            reply_to=reply.reply_to.seq,
+                            reason=reason,
+                        )
+                    )
+                outcomes.append(None)
+                continue
+            specialist = reply.specialist
+            if specialist is not None and specialist.pk != conversation.specialist_id:
+                audits.append(
+                    _audit_event(
+                        AuditAction.SPECIALIST_CHANGED,
+                        conversation=conversation,
+                        actor_kind="ai",
+                        previous=conversation.specialist.name if conversation.specialist else None,
+                        specialist=specialist.name,
+                    )
+                )
+                conversation.specialist = specialist
+                conversation.save(update_fields=["specialist"])
+            message = _next_message(
+                conversation,
+                role=Role.AI,
+                text=text,
+                specialist=specialist or conversation.specialist,
+                confidence=reply.confidence,
+                # The responder's own verdict travels in the evidence; escalation decides
+                # `non_answer`.
+                evidence={**(reply.evidence or {}), "non_answer": reply.non_answer},
             )
-        reason = None
-        if not ai_should_answer(conversation):
-            reason = "paused_or_closed"
-        elif conversation.ai_epoch != epoch:
-            reason = "paused_since"
-        elif latest_user_seq != reply_to.seq:
-            reason = "superseded"
-        elif (
-            conversation.message_count > reply_to.seq
-            and conversation.messages.filter(seq__gt=reply_to.seq, role=Role.AI).exists()
-        ):
-            reason = "already_answered"
-        if reason:
-            _audit(
-                AuditAction.AI_REPLY_DROPPED,
-                conversation=conversation,
-                actor_kind="ai",
-                reply_to=reply_to.seq,
-                reason=reason,
-            )
-            return None
-        if specialist is not None and specialist.pk != conversation.specialist_id:
-            previous = conversation.specialist.name if conversation.specialist_id else None
-            conversation.specialist = specialist
-            conversation.save(update_fields=["specialist"])
-            _audit(
-                AuditAction.SPECIALIST_CHANGED,
-                conversation=conversation,
-                actor_kind="ai",
-                previous=previous,
-                specialist=specialist.name,
-            )
-        # The responder's own verdict travels in the evidence; escalation decides `non_answer`.
-        evidence = {**(evidence or {}), "non_answer": non_answer}
-        message = _append(
-            conversation,
-            role=Role.AI,
-            text=text,
-            specialist=specialist or conversation.specialist,
-            confidence=confidence,
-            evidence=evidence,
-            actor_kind="ai",
+            answered[str(conversation.pk)] = reply.reply_to.seq
+            appended.append(message)
+            audits.append(_posted_audit(message, "ai"))
+            outcomes.append(message)
+        if appended:
+            Message.objects.bulk_create(appended)
+            touched = {message.conversation_id: message.conversation for message in appended}
+            Conversation.objects.bulk_update(touched.values(), APPEND_FIELDS)
+        if audits:
+            AuditEvent.objects.bulk_create(audits)
+        for message in appended:
+            _announce(message)
+    return outcomes
+
+
+def _reply_dropped_because(
+    conversation: Conversation, reply: AiReply, answered: dict[str, int]
+) -> str | None:
+    """Why the locked conversation takes no reply to `reply.reply_to` now, if it does not."""
+    reply_to = reply.reply_to
+    if not ai_should_answer(conversation):
+        return "paused_or_closed"
+    if conversation.ai_epoch != reply.epoch:
+        return "paused_since"
+    if str(conversation.pk) in answered:  # twice in one batch: a task delivered again
+        return (
+            "already_answered" if answered[str(conversation.pk)] == reply_to.seq else "superseded"
         )
-    return message
+    if conversation.message_count <= reply_to.seq:
+        return None  # the common case: nothing was said since, without a query
+    latest_user_seq = (
+        conversation.messages.filter(role=Role.USER)
+        .order_by("-seq")
+        .values_list("seq", flat=True)
+        .first()
+    )
+    if latest_user_seq != reply_to.seq:
+        return "superseded"
+    if conversation.messages.filter(seq__gt=reply_to.seq, role=Role.AI).exists():
+        return "already_answered"
+    return None
 
 
 # --- Agent actions ---------------------------------------------------------------------------

@@ -64,37 +64,65 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     the checks cause is committed before the AI would answer. Returns the reply's seq, or
     None if there is no reply.
     """
-    return _take_turn(conversation_id, message_id, epoch)
+    message = _checked_turn(conversation_id, message_id, epoch)
+    if message is None:
+        return None
+    responder = get_responder()
+    if responder.typing_indicator:
+        protocol.send_typing(message.conversation_id, True)
+    try:
+        [posted] = services.conversation_post_ai_messages([_answer(responder, message, epoch)])
+    finally:
+        if responder.typing_indicator:
+            protocol.send_typing(message.conversation_id, False)
+    return posted.seq if posted else None
 
 
 @shared_task(acks_late=True)
 def generate_ai_replies(turns: list[list]) -> list[int | None]:
-    """The worker's turns on customer messages the web stored in one batch, in order.
+    """The worker's turns on customer messages the web stored in one batch.
 
     One task for the batch rather than one per message: under load a web process stores
     many messages per transaction, and a task's trip through the broker costs more than
-    the turn. A turn that fails on a transient error goes back to the broker as a task of
-    its own (`generate_ai_reply`, retried with backoff); the others are done. Every turn is
-    idempotent, so a batch delivered again (a worker killed mid-batch) answers nothing twice.
+    the turn. Each turn's checks run first, in order (a hand-off they cause commits before
+    any answer), then the answers are posted in one transaction. A turn that fails on a
+    transient error goes back to the broker as a task of its own (`generate_ai_reply`,
+    retried with backoff). Every turn is idempotent, so a batch delivered again (a worker
+    killed mid-batch) answers nothing twice.
     """
-    if get_responder().typing_indicator:
+    responder = get_responder()
+    if responder.typing_indicator:
         # A remote model takes seconds a turn: one after the other, the batch's last
         # customer would wait for everyone's answer. The worker's processes take them apart.
         for turn in turns:
             dispatch(generate_ai_reply, *turn)
         return [None] * len(turns)
-    seqs: list[int | None] = []
-    for conversation_id, message_id, epoch in turns:
+    answers: list[tuple[int, services.AiReply]] = []
+    for index, (conversation_id, message_id, epoch) in enumerate(turns):
         try:
-            seqs.append(_take_turn(conversation_id, message_id, epoch))
+            if message := _checked_turn(conversation_id, message_id, epoch):
+                answers.append((index, _answer(responder, message, epoch)))
         except TRANSIENT:
-            logger.warning("turn on message %s failed; retried on its own", message_id)
-            dispatch_later(generate_ai_reply, conversation_id, message_id, epoch, countdown=1)
-            seqs.append(None)
+            _retry_alone(turns[index])
+    seqs: list[int | None] = [None] * len(turns)
+    try:
+        posted = services.conversation_post_ai_messages([reply for _, reply in answers])
+    except TRANSIENT:
+        for index, _ in answers:
+            _retry_alone(turns[index])
+        return seqs
+    for (index, _), message in zip(answers, posted, strict=True):
+        seqs[index] = message.seq if message else None
     return seqs
 
 
-def _take_turn(conversation_id: str, message_id: int, epoch: int) -> int | None:
+def _retry_alone(turn: list) -> None:
+    logger.warning("turn on message %s failed; retried on its own", turn[1])
+    dispatch_later(generate_ai_reply, *turn, countdown=1)
+
+
+def _checked_turn(conversation_id: str, message_id: int, epoch: int) -> Message | None:
+    """The customer message, after its slow checks, if the AI should answer it now."""
     message = (
         Message.objects.filter(pk=message_id, role=Role.USER)
         .select_related("conversation__service")
@@ -113,27 +141,23 @@ def _take_turn(conversation_id: str, message_id: int, epoch: int) -> int | None:
         return None
     if not services.ai_reply_needed(conversation=conversation, reply_to=message):
         return None
-    responder = get_responder()
-    if responder.typing_indicator:
-        protocol.send_typing(conversation.id, True)
-    try:
-        request = selectors.ai_request_for(conversation=conversation, upto_seq=message.seq)
-        reply = responder.reply(request)
-        specialist = selectors.service_knowledge(conversation.service).specialist(reply.specialist)
-        posted = services.conversation_post_ai_message(
-            conversation_id=conversation_id,
-            reply_to=message,
-            epoch=epoch,
-            text=reply.text,
-            specialist=specialist,
-            confidence=reply.confidence,
-            non_answer=reply.non_answer,
-            evidence=reply.evidence,
-        )
-    finally:
-        if responder.typing_indicator:
-            protocol.send_typing(conversation.id, False)
-    return posted.seq if posted else None
+    return message
+
+
+def _answer(responder, message: Message, epoch: int) -> services.AiReply:
+    conversation = message.conversation
+    request = selectors.ai_request_for(conversation=conversation, upto_seq=message.seq)
+    reply = responder.reply(request)
+    return services.AiReply(
+        conversation_id=conversation.id,
+        reply_to=message,
+        epoch=epoch,
+        text=reply.text,
+        specialist=selectors.service_knowledge(conversation.service).specialist(reply.specialist),
+        confidence=reply.confidence,
+        non_answer=reply.non_answer,
+        evidence=reply.evidence,
+    )
 
 
 @shared_task(autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)

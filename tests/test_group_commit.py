@@ -236,3 +236,56 @@ def test_a_visitor_over_the_rate_is_refused_without_costing_the_others(service, 
         ]
     )
     assert [o.message.text if o else None for o in outcomes] == ["1", "2", "x", None]
+
+
+def _questions(service, n: int) -> list[Message]:
+    posted = services.conversation_post_customer_messages(
+        [CustomerPost(v, "Where is my invoice?", "q") for v in new_visitors(service, n)]
+    )
+    return [p.message for p in posted]
+
+
+def _reply(question: Message, text: str = "Under Settings → Billing.", epoch: int = 0):
+    return services.AiReply(question.conversation_id, question, epoch, text, None)
+
+
+@pytest.mark.django_db
+def test_the_ais_replies_to_twenty_conversations_cost_the_statements_of_one(service):
+    first, *others = _questions(service, 21)
+
+    with CaptureQueriesContext(connection) as one:
+        services.conversation_post_ai_messages([_reply(first)])
+    with CaptureQueriesContext(connection) as twenty:
+        posted = services.conversation_post_ai_messages([_reply(q) for q in others])
+
+    # Lock, insert the replies, count them, audit them.
+    kinds = ["SELECT", "INSERT", "UPDATE", "INSERT"]
+    assert [sql.split()[0] for sql in statements(one)] == kinds
+    assert [sql.split()[0] for sql in statements(twenty)] == kinds
+    assert [m.seq for m in posted] == [2] * 20
+    assert Message.objects.filter(role="ai").count() == 21
+
+
+@pytest.mark.django_db
+def test_a_batch_of_replies_drops_each_one_its_conversation_no_longer_takes(service, agent):
+    open_, taken, closed, twice = _questions(service, 4)
+    services.conversation_take_over(conversation=taken.conversation, agent=agent)
+    services.conversation_end_by_customer(visitor=closed.conversation.visitor)
+
+    posted = services.conversation_post_ai_messages(
+        [_reply(open_), _reply(taken), _reply(closed), _reply(twice), _reply(twice, "Again.")]
+    )
+
+    assert [m.seq if m else None for m in posted] == [2, None, None, 2, None]
+    assert not Message.objects.filter(conversation=taken.conversation, role="ai").exists()
+    dropped = AuditEvent.objects.filter(action=AuditAction.AI_REPLY_DROPPED)
+    assert sorted((e.conversation_id, e.detail["reason"]) for e in dropped) == sorted(
+        [
+            (taken.conversation_id, "paused_or_closed"),
+            (closed.conversation_id, "paused_or_closed"),
+            (twice.conversation_id, "already_answered"),
+        ]
+    )
+    assert Message.objects.get(conversation=twice.conversation, role="ai").text == (
+        "Under Settings → Billing."
+    )

@@ -255,3 +255,42 @@ def test_a_mode_change_waits_for_a_take_over_in_progress(
     switch.result(timeout=10)
     conversation.refresh_from_db()
     assert conversation.claimed_by_id is None and not conversation.ai_paused  # AI Only after
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_batch_of_ai_replies_racing_take_overs_never_lands_after_a_human_joined(
+    transactional_db, django_user_model, attempt
+):
+    service = make_service()
+    visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(8)]
+    questions = [
+        p.message
+        for p in services.conversation_post_customer_messages(
+            [services.CustomerPost(v, "My invoice is wrong", "q") for v in visitors]
+        )
+    ]
+    agents = [make_agent(django_user_model, f"r{attempt}-{n}", "Racer") for n in range(4)]
+    replies = [
+        services.AiReply(q.conversation_id, q, 0, "Here is your answer.", None) for q in questions
+    ]
+    outcomes = race(
+        [lambda: services.conversation_post_ai_messages(replies)]
+        + [
+            lambda n=n: services.conversation_take_over(
+                conversation=questions[2 * n].conversation, agent=agents[n]
+            )
+            for n in range(4)
+        ]
+    )
+
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    for question in questions:
+        roles = list(
+            Message.objects.filter(conversation_id=question.conversation_id)
+            .order_by("seq")
+            .values_list("role", flat=True)
+        )
+        if Role.SYSTEM in roles:
+            assert Role.AI not in roles[roles.index(Role.SYSTEM) :], roles
+        else:
+            assert roles == [Role.USER, Role.AI]

@@ -291,15 +291,15 @@ def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service,
         ]
     )
     turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
-    take_turn = tasks._take_turn
+    checked_turn = tasks._checked_turn
 
     def first_fails(conversation_id, message_id, epoch):
         if message_id == posted[0].message.pk:
             raise OperationalError("could not serialize access")
-        return take_turn(conversation_id, message_id, epoch)
+        return checked_turn(conversation_id, message_id, epoch)
 
     later = []
-    monkeypatch.setattr(tasks, "_take_turn", first_fails)
+    monkeypatch.setattr(tasks, "_checked_turn", first_fails)
     monkeypatch.setattr(
         tasks, "dispatch_later", lambda task, *args, countdown: later.append((task, args))
     )
