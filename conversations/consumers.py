@@ -254,9 +254,15 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         return visitor, token, services.open_conversation_for(visitor=visitor)
 
     async def on_message(self, content: dict) -> None:
-        posted = await customer_messages.submit(
-            services.CustomerPost(self.visitor, content.get("text"), content.get("client_id"))
-        )
+        post = services.CustomerPost(self.visitor, content.get("text"), content.get("client_id"))
+        try:
+            posted = await customer_messages.submit(post)
+        except services.PostAlone:
+            # Its conversation is locked (a take-over, say) or yet to start: on a thread of
+            # its own, so that the batch does not wait for it.
+            posted = await db(services.conversation_post_customer_message)(
+                visitor=post.visitor, text=post.text, client_id=post.client_id
+            )
         if posted is None:
             await self.send_error(
                 "rate_limited",

@@ -132,6 +132,11 @@ class BadSeq(HandoffError):
         return "There is no AI message with that seq in this conversation."
 
 
+class PostAlone(Exception):
+    """A batch of several left this post to be stored on its own: its conversation is held
+    by another transaction (a take-over, say), or it has none yet to lock."""
+
+
 class BadClientId(HandoffError):
     code = "bad_client_id"
 
@@ -536,7 +541,11 @@ def conversation_post_customer_messages(
             if len(batch) == 1:
                 outcomes[batch[0][0]] = error
                 continue
-            logger.warning("a batch of %d customer messages failed; storing each alone", len(batch))
+            logger.warning(
+                "a batch of %d customer messages failed; storing each alone",
+                len(batch),
+                exc_info=True,
+            )
             batches = [[item] for item in batch]
     return outcomes
 
@@ -544,10 +553,14 @@ def conversation_post_customer_messages(
 def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
     visitors = {visitor.pk for _, visitor, _, _ in checked}
     # Locked in id order, so that batches in two processes never wait for each other in a
-    # circle. A visitor has at most one open conversation.
+    # circle. A visitor has at most one open conversation. A batch of several does not wait
+    # for a conversation another transaction holds: its posts are left to be stored alone.
+    several = len(checked) > 1
     open_by_visitor = {
         conversation.visitor_id: conversation
-        for conversation in Conversation.objects.select_for_update(of=("self",))
+        for conversation in Conversation.objects.select_for_update(
+            of=("self",), skip_locked=several
+        )
         .select_related("service", "claimed_by")
         .filter(visitor_id__in=visitors, status=Status.OPEN)
         .order_by("pk")
@@ -556,6 +569,9 @@ def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
     stored = _stored_with_client_ids(visitors, {client_id for _, _, client_id, _ in checked})
     appended: list[Message] = []
     for index, visitor, client_id, text in checked:
+        if several and visitor.pk not in open_by_visitor:
+            outcomes[index] = PostAlone()
+            continue
         repeat = stored.get((visitor.pk, client_id))
         if repeat is None and visitor.pk not in open_by_visitor:
             # Not a resend of a message stored before the last conversation closed: start one.

@@ -67,13 +67,16 @@ class GroupCommit(Generic[Item, Outcome]):
     """Database work that arrives while a batch is being stored goes into the next batch.
 
     `store(items)` runs in a database thread (`db()`) and returns one outcome per item, in
-    order: a result, or an exception for that item alone. One batch is in flight per event
-    loop at a time, so an idle process stores each item at once, and a busy one stores many
-    per transaction: the cost of a commit is shared by everything that arrived meanwhile.
+    order: a result, or an exception for that item alone. Up to `in_flight` batches run at
+    once per event loop: an idle process stores each item at once, a busy one (every batch
+    slot taken) stores many per transaction, sharing the cost of a commit among everything
+    that arrived meanwhile, and a batch that waits on a row lock does not hold up the rest.
     """
 
-    def __init__(self, store: Callable[[Sequence[Item]], list[Outcome | Exception]]) -> None:
-        self.store = store
+    def __init__(
+        self, store: Callable[[Sequence[Item]], list[Outcome | Exception]], in_flight: int = 3
+    ) -> None:
+        self.store, self.in_flight = store, in_flight
         self._queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     async def submit(self, item: Item) -> Outcome:
@@ -84,11 +87,13 @@ class GroupCommit(Generic[Item, Outcome]):
             queue = self._queues[loop] = _Queue()
         future = loop.create_future()
         queue.waiting.append((item, future))
-        if queue.drainer is None:
-            queue.drainer = loop.create_task(self._drain(queue))
+        if queue.draining < self.in_flight:
+            queue.draining += 1
+            queue.drainers.add(loop.create_task(self._drain(queue)))
         return await future
 
     async def _drain(self, queue: _Queue) -> None:
+        task = asyncio.current_task()
         try:
             while queue.waiting:
                 batch, queue.waiting = queue.waiting, []
@@ -104,10 +109,13 @@ class GroupCommit(Generic[Item, Outcome]):
                     else:
                         future.set_result(outcome)
         finally:
-            queue.drainer = None
+            queue.draining -= 1
+            queue.drainers.discard(task)
 
 
 class _Queue:
     def __init__(self) -> None:
         self.waiting: list[tuple[object, asyncio.Future]] = []
-        self.drainer: asyncio.Task | None = None
+        self.draining = 0
+        # The running drainers, held so that none is garbage-collected mid-batch.
+        self.drainers: set[asyncio.Task] = set()

@@ -23,6 +23,14 @@ def new_visitors(service, n: int) -> list:
     return [services.visitor_identify(service=service, token=None)[0] for _ in range(n)]
 
 
+def chatting(service, n: int) -> list:
+    """Visitors with an open conversation (their first message, seq 1, "Hi")."""
+    visitors = new_visitors(service, n)
+    for visitor in visitors:
+        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id="0")
+    return visitors
+
+
 def statements(captured: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
 
@@ -33,36 +41,38 @@ def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
 ):
     a, b, c = new_visitors(service, 3)
     first = services.conversation_post_customer_message(visitor=a, text="Hello", client_id="a-1")
+    services.conversation_post_customer_message(visitor=b, text="I can't log in", client_id="b-1")
     dispatched = []
     monkeypatch.setattr(tasks, "dispatch", lambda task, *args: dispatched.append((task, args)))
     with django_capture_on_commit_callbacks(execute=True):
         outcomes = services.conversation_post_customer_messages(
             [
                 CustomerPost(a, "Where are my invoices?", "a-2"),  # its open conversation
-                CustomerPost(b, "I can't log in", "b-1"),  # starts one
-                CustomerPost(b, "Still there?", "b-2"),  # the next seq of the one just started
+                CustomerPost(b, "Still there?", "b-2"),
+                CustomerPost(b, "Hello?", "b-3"),  # the next seq of the same conversation
                 CustomerPost(a, "Hello", "a-1"),  # a resend of a stored message
-                CustomerPost(b, "I can't log in", "b-1"),  # a twin within the batch
+                CustomerPost(b, "Hello?", "b-3"),  # a twin within the batch
                 CustomerPost(c, "   ", "c-1"),
                 CustomerPost(c, "hi", ""),
+                CustomerPost(c, "Hi there", "c-2"),  # no conversation to lock: left alone
             ]
         )
 
     assert isinstance(outcomes[5], services.EmptyText)
     assert isinstance(outcomes[6], services.BadClientId)
+    assert isinstance(outcomes[7], services.PostAlone)
     posted = outcomes[:5]
     assert [p.created for p in posted] == [True, True, True, False, False]
-    assert [p.message.seq for p in posted] == [2, 1, 2, 1, 1]
+    assert [p.message.seq for p in posted] == [2, 2, 3, 1, 3]
     assert posted[3].message.pk == first.message.pk
-    assert posted[4].message.pk == posted[1].message.pk
+    assert posted[4].message.pk == posted[2].message.pk
     conversation_a, conversation_b = posted[0].message.conversation, posted[1].message.conversation
     conversation_a.refresh_from_db()
     conversation_b.refresh_from_db()
-    assert (conversation_a.message_count, conversation_b.message_count) == (2, 2)
-    assert conversation_b.opening_question == "I can't log in"
+    assert (conversation_a.message_count, conversation_b.message_count) == (2, 3)
     assert list(
         Message.objects.filter(conversation=conversation_b).order_by("seq").values_list("text")
-    ) == [("I can't log in",), ("Still there?",)]
+    ) == [("I can't log in",), ("Still there?",), ("Hello?",)]
     assert not Message.objects.filter(conversation__visitor=c).exists()
     audited = AuditEvent.objects.filter(action=AuditAction.MESSAGE_POSTED, actor_kind="visitor")
     assert sorted((e.conversation_id, e.detail["seq"]) for e in audited) == sorted(
@@ -71,6 +81,7 @@ def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
             (conversation_a.pk, 2),
             (conversation_b.pk, 1),
             (conversation_b.pk, 2),
+            (conversation_b.pk, 3),
         ]
     )
     # One task for the batch: a worker turn per stored message, none for a resend.
@@ -105,7 +116,7 @@ def test_a_batch_of_thirty_costs_the_statements_of_one(service):
 
 @pytest.mark.django_db
 def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monkeypatch, caplog):
-    a, b = new_visitors(service, 2)
+    a, b = chatting(service, 2)
     audits = AuditEvent.objects.bulk_create
     sizes = []
 
@@ -127,14 +138,14 @@ def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monk
 
     assert sizes == [3, 1, 1, 1]
     assert all(o.created for o in outcomes)
-    assert [o.message.seq for o in outcomes] == [1, 1, 2]
-    assert Message.objects.count() == 3
+    assert [o.message.seq for o in outcomes] == [2, 2, 3]
+    assert Message.objects.count() == 5
     assert "storing each alone" in caplog.text
 
 
 @pytest.mark.django_db
 def test_a_post_that_fails_alone_fails_only_itself(service, monkeypatch):
-    a, b = new_visitors(service, 2)
+    a, b = chatting(service, 2)
     create = Message.objects.bulk_create
 
     def refuse_b(rows, **kwargs):
@@ -151,7 +162,7 @@ def test_a_post_that_fails_alone_fails_only_itself(service, monkeypatch):
     assert isinstance(outcomes[1], OperationalError)
     with pytest.raises(OperationalError):
         services.conversation_post_customer_message(visitor=b, text="two", client_id="2")
-    assert list(Message.objects.values_list("text", flat=True)) == ["one"]
+    assert list(Message.objects.exclude(text="Hi").values_list("text", flat=True)) == ["one"]
 
 
 async def test_items_arriving_while_a_batch_is_stored_go_together_in_the_next():
@@ -165,7 +176,7 @@ async def test_items_arriving_while_a_batch_is_stored_go_together_in_the_next():
             release.wait(10)
         return [ValueError(item) if item == "bad" else item.upper() for item in items]
 
-    group = GroupCommit(store)
+    group = GroupCommit(store, in_flight=1)
     first = asyncio.ensure_future(group.submit("a"))
     await asyncio.to_thread(started.wait, 10)
     rest = [asyncio.ensure_future(group.submit(item)) for item in ("b", "bad", "c")]
@@ -179,6 +190,26 @@ async def test_items_arriving_while_a_batch_is_stored_go_together_in_the_next():
     # Idle again: the next item goes at once, alone.
     assert await group.submit("d") == "D"
     assert batches[-1] == ["d"]
+
+
+async def test_a_batch_stuck_on_a_lock_does_not_hold_up_the_next_item():
+    stuck, release = threading.Event(), threading.Event()
+
+    def store(items):
+        if items == ["stuck"]:
+            stuck.set()
+            release.wait(10)
+        return list(items)
+
+    group = GroupCommit(store, in_flight=2)
+    first = asyncio.ensure_future(group.submit("stuck"))
+    await asyncio.to_thread(stuck.wait, 10)
+    try:
+        assert await asyncio.wait_for(group.submit("next"), 5) == "next"
+        assert not first.done()
+    finally:
+        release.set()
+    assert await first == "stuck"
 
 
 async def test_a_batch_that_raises_fails_each_of_its_items():
@@ -204,20 +235,23 @@ async def test_sockets_sending_at_once_are_stored_in_shared_batches(transactiona
     for widget in widgets:
         await widget.connect()
         await widget.hello()
+        await widget.say("Hi")  # started one by one: a batch only adds to open conversations
+        await widget.message(2)
+    batches.clear()
     client_ids = [str(uuid.uuid4()) for _ in widgets]
     for widget, client_id in zip(widgets, client_ids, strict=True):
         await widget.send(
             {"type": "message", "text": "Where is my invoice?", "client_id": client_id}
         )
     echoes = [
-        await widget.receive_until(lambda f: f["type"] in ("message", "error"))
+        await widget.receive_until(lambda f: f["type"] == "error" or f.get("seq") == 3)
         for widget in widgets
     ]
     for widget in widgets:
         await widget.communicator.disconnect()
 
     assert [(e["type"], e["seq"], e["client_id"]) for e in echoes] == [
-        ("message", 1, client_id) for client_id in client_ids
+        ("message", 3, client_id) for client_id in client_ids
     ]
     assert sum(batches) == 12
     assert max(batches) > 1  # they waited for each other's commit, not each for its own
@@ -225,8 +259,8 @@ async def test_sockets_sending_at_once_are_stored_in_shared_batches(transactiona
 
 @pytest.mark.django_db
 def test_a_visitor_over_the_rate_is_refused_without_costing_the_others(service, settings):
-    settings.WIDGET_RATE_LIMIT = 2
-    a, b = new_visitors(service, 2)
+    settings.WIDGET_RATE_LIMIT = 2  # the conversation's first message is not counted here
+    a, b = chatting(service, 2)
     outcomes = consumers._store_messages(
         [
             CustomerPost(a, "1", "1"),
@@ -240,7 +274,7 @@ def test_a_visitor_over_the_rate_is_refused_without_costing_the_others(service, 
 
 def _questions(service, n: int) -> list[Message]:
     posted = services.conversation_post_customer_messages(
-        [CustomerPost(v, "Where is my invoice?", "q") for v in new_visitors(service, n)]
+        [CustomerPost(v, "Where is my invoice?", "q") for v in chatting(service, n)]
     )
     return [p.message for p in posted]
 
@@ -262,7 +296,7 @@ def test_the_ais_replies_to_twenty_conversations_cost_the_statements_of_one(serv
     kinds = ["SELECT", "INSERT", "UPDATE", "INSERT"]
     assert [sql.split()[0] for sql in statements(one)] == kinds
     assert [sql.split()[0] for sql in statements(twenty)] == kinds
-    assert [m.seq for m in posted] == [2] * 20
+    assert [m.seq for m in posted] == [3] * 20
     assert Message.objects.filter(role="ai").count() == 21
 
 
@@ -276,7 +310,7 @@ def test_a_batch_of_replies_drops_each_one_its_conversation_no_longer_takes(serv
         [_reply(open_), _reply(taken), _reply(closed), _reply(twice), _reply(twice, "Again.")]
     )
 
-    assert [m.seq if m else None for m in posted] == [2, None, None, 2, None]
+    assert [m.seq if m else None for m in posted] == [3, None, None, 3, None]
     assert not Message.objects.filter(conversation=taken.conversation, role="ai").exists()
     dropped = AuditEvent.objects.filter(action=AuditAction.AI_REPLY_DROPPED)
     assert sorted((e.conversation_id, e.detail["reason"]) for e in dropped) == sorted(

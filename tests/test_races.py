@@ -115,10 +115,18 @@ def test_batches_of_two_processes_over_the_same_conversations_store_everything_o
         services.conversation_post_customer_message(visitor=visitor, text="hi", client_id=f"{n}")
 
     def batch(order: list, tag: str):
-        return services.conversation_post_customer_messages(
-            [services.CustomerPost(v, f"{tag} to {i}", f"{tag}-{i}") for i, v in order]
-            + [services.CustomerPost(v, "twin", f"twin-{i}") for i, v in order]
-        )
+        posts = [services.CustomerPost(v, f"{tag} to {i}", f"{tag}-{i}") for i, v in order]
+        posts += [services.CustomerPost(v, "twin", f"twin-{i}") for i, v in order]
+        outcomes = services.conversation_post_customer_messages(posts)
+        # As the widget's socket does: what a batch skipped for a held lock is posted alone.
+        return [
+            services.conversation_post_customer_message(
+                visitor=post.visitor, text=post.text, client_id=post.client_id
+            )
+            if isinstance(outcome, services.PostAlone)
+            else outcome
+            for post, outcome in zip(posts, outcomes, strict=True)
+        ]
 
     forward = list(enumerate(visitors))
     outcomes = race(
@@ -264,11 +272,14 @@ def test_a_batch_of_ai_replies_racing_take_overs_never_lands_after_a_human_joine
     service = make_service()
     visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(8)]
     questions = [
-        p.message
-        for p in services.conversation_post_customer_messages(
-            [services.CustomerPost(v, "My invoice is wrong", "q") for v in visitors]
-        )
+        services.conversation_post_customer_message(
+            visitor=v, text="My invoice is wrong", client_id="q"
+        ).message
+        for v in visitors
     ]
+    # Their own AI replies came on commit: these are replies to the same questions, again.
+    Message.objects.filter(role=Role.AI).delete()
+    Conversation.objects.update(message_count=1)
     agents = [make_agent(django_user_model, f"r{attempt}-{n}", "Racer") for n in range(4)]
     replies = [
         services.AiReply(q.conversation_id, q, 0, "Here is your answer.", None) for q in questions
@@ -294,3 +305,41 @@ def test_a_batch_of_ai_replies_racing_take_overs_never_lands_after_a_human_joine
             assert Role.AI not in roles[roles.index(Role.SYSTEM) :], roles
         else:
             assert roles == [Role.USER, Role.AI]
+
+
+def test_a_batch_skips_a_conversation_held_by_another_transaction(transactional_db):
+    from django.db import transaction
+
+    service = make_service()
+    held, free = [services.visitor_identify(service=service, token=None)[0] for _ in range(2)]
+    for visitor in (held, free):
+        services.conversation_post_customer_message(visitor=visitor, text="hi", client_id="1")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction.atomic():
+            Conversation.objects.select_for_update().get(visitor=held)
+            locked.set()
+            release.wait(10)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        holder = pool.submit(on_own_connection, hold)
+        assert locked.wait(5)
+        try:
+            outcomes = pool.submit(
+                on_own_connection,
+                lambda: services.conversation_post_customer_messages(
+                    [
+                        services.CustomerPost(held, "still there?", "2"),
+                        services.CustomerPost(free, "and you?", "2"),
+                    ]
+                ),
+            ).result(timeout=5)  # it did not wait for the lock
+        finally:
+            release.set()
+        holder.result(timeout=5)
+
+    assert isinstance(outcomes[0], services.PostAlone)
+    assert outcomes[1].created
+    assert Message.objects.filter(conversation__visitor=free, client_id="2").exists()
+    assert not Message.objects.filter(conversation__visitor=held, client_id="2").exists()

@@ -261,6 +261,8 @@ def test_a_reply_task_reads_its_question_once(question):
 
 def test_the_batch_task_takes_each_turn_in_order_and_answers_the_last_question(service):
     visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(2)]
+    for visitor in visitors:  # a batch adds to open conversations
+        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id="0")
     posted = services.conversation_post_customer_messages(
         [
             services.CustomerPost(visitors[0], "How do I reset my password?", "a"),
@@ -270,13 +272,13 @@ def test_the_batch_task_takes_each_turn_in_order_and_answers_the_last_question(s
     )
     turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
 
-    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [2, None, 3]
+    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [3, None, 4]
     # Delivered again (a worker killed mid-batch): nothing is answered twice.
     assert tasks.generate_ai_replies.apply(args=[turns]).get() == [None, None, None]
     answers = Message.objects.filter(role=Role.AI).order_by("seq")
     assert [(m.conversation.visitor_id, m.seq) for m in answers] == [
-        (visitors[0].pk, 2),
-        (visitors[1].pk, 3),
+        (visitors[0].pk, 3),
+        (visitors[1].pk, 4),
     ]
 
 
@@ -284,6 +286,8 @@ def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service,
     from django.db import OperationalError
 
     visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(2)]
+    for visitor in visitors:  # a batch adds to open conversations
+        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id="0")
     posted = services.conversation_post_customer_messages(
         [
             services.CustomerPost(visitors[0], "How do I reset my password?", "a"),
@@ -304,7 +308,7 @@ def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service,
         tasks, "dispatch_later", lambda task, *args, countdown: later.append((task, args))
     )
 
-    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [None, 2]
+    assert tasks.generate_ai_replies.apply(args=[turns]).get() == [None, 3]
     assert later == [(tasks.generate_ai_reply, tuple(turns[0]))]
 
 

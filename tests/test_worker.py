@@ -70,9 +70,12 @@ async def test_customers_whose_messages_were_stored_together_each_get_their_answ
     for w in widgets:
         await w.connect()
         await w.hello()
+        await w.say("Hello")  # started one by one: a batch only adds to open conversations
+        await w.message(2, timeout=15)
+    batches.clear()
     for w in widgets:  # all at once: they share a batch and its one task
         await w.send({"type": "message", "text": "How do I reset my password?", "client_id": "q"})
-    replies = await asyncio.gather(*(w.message(2, timeout=15) for w in widgets))
+    replies = await asyncio.gather(*(w.message(4, timeout=15) for w in widgets))
     for w in widgets:
         await w.communicator.disconnect()
 
