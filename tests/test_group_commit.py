@@ -323,3 +323,33 @@ def test_a_batch_of_replies_drops_each_one_its_conversation_no_longer_takes(serv
     assert Message.objects.get(conversation=twice.conversation, role="ai").text == (
         "Under Settings → Billing."
     )
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("backend", ["redis", "locmem"])
+def test_a_batch_counts_each_visitors_messages_in_one_window(service, settings, backend):
+    import redis
+    from django.core.cache import caches
+
+    if backend == "redis":
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": settings.TEST_REDIS_URL,
+                "KEY_PREFIX": "handoff-test",
+            }
+        }
+    caches["default"].clear()
+    a, b = new_visitors(service, 2)
+
+    counts = consumers._message_counts([a, a, b, a])
+    assert counts == [1, 2, 1, 3]
+    assert consumers._message_counts([b]) == [2]
+    # Readable through the cache API, and in Redis with the window's TTL.
+    assert caches["default"].get(f"widget-rate:{a.pk}") == 3
+    if backend == "redis":
+        client = redis.Redis.from_url(settings.TEST_REDIS_URL)
+        key = caches["default"].make_and_validate_key(f"widget-rate:{a.pk}")
+        assert 0 < client.ttl(key) <= consumers.RATE_WINDOW
+        client.close()
+    caches["default"].clear()
