@@ -225,6 +225,22 @@ def _next_message(conversation: Conversation, **fields) -> Message:
     return Message(conversation=conversation, seq=conversation.message_count, **fields)
 
 
+def _insert(rows: list) -> None:
+    """Insert new rows of one model: one plain INSERT for one, one bulk INSERT for many."""
+    if len(rows) == 1:
+        rows[0].save(force_insert=True)
+    elif rows:
+        type(rows[0]).objects.bulk_create(rows)
+
+
+def _save_counts(conversations: list[Conversation], fields: list[str]) -> None:
+    """One UPDATE for any number of conversations (Django's CASE form only for several)."""
+    if len(conversations) == 1:
+        conversations[0].save(update_fields=fields)
+    elif conversations:
+        Conversation.objects.bulk_update(conversations, fields)
+
+
 def _posted_audit(message: Message, actor_kind: str) -> AuditEvent:
     return _audit_event(
         AuditAction.MESSAGE_POSTED,
@@ -271,9 +287,9 @@ def _append(
         confidence=confidence,
         evidence=evidence or {},
     )
-    message.save(force_insert=True)
-    conversation.save(update_fields=APPEND_FIELDS)
-    _posted_audit(message, actor_kind).save(force_insert=True)
+    _insert([message])
+    _save_counts([conversation], APPEND_FIELDS)
+    _insert([_posted_audit(message, actor_kind)])
     _announce(message)
     return message
 
@@ -490,15 +506,19 @@ def _stored_with_client_id(visitor: Visitor, client_id: str) -> Message | None:
 
 def _stored_with_client_ids(visitor_ids, client_ids) -> dict[tuple[int, str], Message]:
     """The visitors' messages already stored under these client ids, by (visitor, client id)."""
-    stored = (
+    found = list(
         Message.objects.filter(
             conversation__visitor_id__in=visitor_ids, role=Role.USER, client_id__in=client_ids
         )
-        .annotate(visitor_pk=F("conversation__visitor_id"))
-        .select_related("specialist", "author")
         .order_by()
+        .values_list("conversation__visitor_id", "client_id", "pk")
     )
-    return {(message.visitor_pk, message.client_id): message for message in stored}
+    if not found:  # nearly always: the cheap question first
+        return {}
+    messages = Message.objects.select_related("specialist", "author").in_bulk(
+        [pk for *_, pk in found]
+    )
+    return {(visitor_id, client_id): messages[pk] for visitor_id, client_id, pk in found}
 
 
 def conversation_post_customer_message(
@@ -550,6 +570,14 @@ def conversation_post_customer_messages(
     return outcomes
 
 
+def _share_services(conversations) -> None:
+    """One `Service` object per service for a batch's conversations, so that what is read
+    through it after commit (the escalation policy, say) is read once per batch."""
+    shared: dict[int, Service] = {}
+    for conversation in conversations:
+        conversation.service = shared.setdefault(conversation.service_id, conversation.service)
+
+
 def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
     visitors = {visitor.pk for _, visitor, _, _ in checked}
     # Locked in id order, so that batches in two processes never wait for each other in a
@@ -565,6 +593,7 @@ def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
         .filter(visitor_id__in=visitors, status=Status.OPEN)
         .order_by("pk")
     }
+    _share_services(open_by_visitor.values())
     # Checked under the conversations' locks: a twin frame may have just committed.
     stored = _stored_with_client_ids(visitors, {client_id for _, _, client_id, _ in checked})
     appended: list[Message] = []
@@ -589,10 +618,10 @@ def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
         outcomes[index] = Posted(message=message, created=True)
     if not appended:
         return
-    Message.objects.bulk_create(appended)
+    _insert(appended)
     touched = {message.conversation_id: message.conversation for message in appended}
-    Conversation.objects.bulk_update(touched.values(), [*APPEND_FIELDS, "opening_question"])
-    AuditEvent.objects.bulk_create([_posted_audit(message, "visitor") for message in appended])
+    _save_counts(list(touched.values()), [*APPEND_FIELDS, "opening_question"])
+    _insert([_posted_audit(message, "visitor") for message in appended])
     for message in appended:
         _announce(message)
     _enqueue_worker_turns(appended)
@@ -800,6 +829,7 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
             .filter(pk__in={str(reply.conversation_id) for reply in replies})
             .order_by("pk")
         }
+        _share_services(locked.values())
         appended: list[Message] = []
         audits: list[AuditEvent] = []
         answered: dict[str, int] = {}  # conversation -> the seq it answered in this batch
@@ -846,12 +876,10 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
             appended.append(message)
             audits.append(_posted_audit(message, "ai"))
             outcomes.append(message)
-        if appended:
-            Message.objects.bulk_create(appended)
-            touched = {message.conversation_id: message.conversation for message in appended}
-            Conversation.objects.bulk_update(touched.values(), APPEND_FIELDS)
-        if audits:
-            AuditEvent.objects.bulk_create(audits)
+        _insert(appended)
+        touched = {message.conversation_id: message.conversation for message in appended}
+        _save_counts(list(touched.values()), APPEND_FIELDS)
+        _insert(audits)
         for message in appended:
             _announce(message)
     return outcomes

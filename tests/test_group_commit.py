@@ -117,16 +117,17 @@ def test_a_batch_of_thirty_costs_the_statements_of_one(service):
 @pytest.mark.django_db
 def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monkeypatch, caplog):
     a, b = chatting(service, 2)
-    audits = AuditEvent.objects.bulk_create
+    insert = services._insert
     sizes = []
 
-    def refuse_batches(rows, **kwargs):
-        sizes.append(len(rows))
-        if len(rows) > 1:
-            raise OperationalError("deadlock detected")
-        return audits(rows, **kwargs)
+    def refuse_batches(rows):
+        if rows and isinstance(rows[0], AuditEvent):
+            sizes.append(len(rows))
+            if len(rows) > 1:
+                raise OperationalError("deadlock detected")
+        return insert(rows)
 
-    monkeypatch.setattr(AuditEvent.objects, "bulk_create", refuse_batches)
+    monkeypatch.setattr(services, "_insert", refuse_batches)
     with caplog.at_level(logging.WARNING, logger="conversations.services"):
         outcomes = services.conversation_post_customer_messages(
             [
@@ -146,14 +147,14 @@ def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monk
 @pytest.mark.django_db
 def test_a_post_that_fails_alone_fails_only_itself(service, monkeypatch):
     a, b = chatting(service, 2)
-    create = Message.objects.bulk_create
+    insert = services._insert
 
-    def refuse_b(rows, **kwargs):
-        if any(m.conversation.visitor_id == b.pk for m in rows):
+    def refuse_b(rows):
+        if any(isinstance(m, Message) and m.conversation.visitor_id == b.pk for m in rows):
             raise OperationalError("server closed the connection")
-        return create(rows, **kwargs)
+        return insert(rows)
 
-    monkeypatch.setattr(Message.objects, "bulk_create", refuse_b)
+    monkeypatch.setattr(services, "_insert", refuse_b)
     outcomes = services.conversation_post_customer_messages(
         [CustomerPost(a, "one", "1"), CustomerPost(b, "two", "2")]
     )
@@ -353,3 +354,28 @@ def test_a_batch_counts_each_visitors_messages_in_one_window(service, settings, 
         assert 0 < client.ttl(key) <= consumers.RATE_WINDOW
         client.close()
     caches["default"].clear()
+
+
+@pytest.mark.django_db
+def test_a_batch_screens_its_messages_reading_the_escalation_policy_once(
+    service, django_capture_on_commit_callbacks
+):
+    from escalation.services import policy_for
+
+    visitors = chatting(service, 12)
+    policy_for(service)  # made with its defaults the first time: now only read
+    with CaptureQueriesContext(connection) as queries:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            outcomes = services.conversation_post_customer_messages(
+                [CustomerPost(v, "Where is my invoice?", "x") for v in visitors]
+            )
+        screening = [c for c in callbacks if c.__qualname__.startswith("publish.")]
+        for callback in screening:  # what runs after commit: the keyword and "a human" check
+            callback()
+
+    assert all(o.created for o in outcomes)
+    assert len(screening) == 12
+    policy_reads = [
+        q for q in queries.captured_queries if "escalation_escalationpolicy" in q["sql"]
+    ]
+    assert len(policy_reads) == 1
