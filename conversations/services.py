@@ -813,6 +813,8 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
     epoch, and a reply generated before it is dropped rather than talking over a human.
     Locked in id order, like the customer messages' batches, so that no two wait in a circle.
     """
+    if not replies:
+        return []
     texts: list[str | None] = []
     for reply in replies:
         try:

@@ -59,10 +59,10 @@ def dispatch_later(task, *args, countdown: int) -> None:
 def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int | None:
     """The worker's turn on a customer message: the slow checks, then the AI's answer if it may.
 
-    Dispatched once per customer message, whether or not the AI may answer, so that one
-    task does both (escalation scores the mood on `CustomerMessageReceived`); a hand-off that
-    the checks cause is committed before the AI would answer. Returns the reply's seq, or
-    None if there is no reply.
+    Dispatched for every customer message stored alone (and for a turn of a batch retried
+    alone), whether or not the AI may answer, so that one task does both (escalation scores
+    the mood on `CustomerMessageReceived`); a hand-off that the checks cause is committed
+    before the AI would answer. Returns the reply's seq, or None if there is no reply.
     """
     message = _checked_turn(conversation_id, message_id, epoch)
     if message is None:
