@@ -70,6 +70,32 @@ def service(db) -> Service:
     return make_service()
 
 
+def chatting_visitors(service: Service, n: int) -> list:
+    """`n` visitors with an open conversation (their first message, seq 1, "Hi")."""
+    from conversations import services
+
+    visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(n)]
+    for visitor in visitors:
+        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id="0")
+    return visitors
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch) -> list[int]:
+    """The size of every batch of customer messages stored from here on."""
+    from conversations import services
+
+    sizes: list[int] = []
+    post = services.conversation_post_customer_messages
+
+    def spy(posts):
+        sizes.append(len(posts))
+        return post(posts)
+
+    monkeypatch.setattr(services, "conversation_post_customer_messages", spy)
+    return sizes
+
+
 def make_agent(django_user_model, username: str, first_name: str = ""):
     user = django_user_model.objects.create_user(
         username=username, password="pw-" + username, first_name=first_name

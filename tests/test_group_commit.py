@@ -15,20 +15,12 @@ from conversations import consumers, services, tasks
 from conversations.models import AuditAction, AuditEvent, Message
 from conversations.services import CustomerPost
 from handoff.db import GroupCommit
-from tests.conftest import make_service
-from tests.widget import Widget
+from tests.conftest import chatting_visitors, make_service
+from tests.widget import chatting_widgets
 
 
 def new_visitors(service, n: int) -> list:
     return [services.visitor_identify(service=service, token=None)[0] for _ in range(n)]
-
-
-def chatting(service, n: int) -> list:
-    """Visitors with an open conversation (their first message, seq 1, "Hi")."""
-    visitors = new_visitors(service, n)
-    for visitor in visitors:
-        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id="0")
-    return visitors
 
 
 def statements(captured: CaptureQueriesContext) -> list[str]:
@@ -116,7 +108,7 @@ def test_a_batch_of_thirty_costs_the_statements_of_one(service):
 
 @pytest.mark.django_db
 def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monkeypatch, caplog):
-    a, b = chatting(service, 2)
+    a, b = chatting_visitors(service, 2)
     insert = services._insert
     sizes = []
 
@@ -146,7 +138,7 @@ def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monk
 
 @pytest.mark.django_db
 def test_a_post_that_fails_alone_fails_only_itself(service, monkeypatch):
-    a, b = chatting(service, 2)
+    a, b = chatting_visitors(service, 2)
     insert = services._insert
 
     def refuse_b(rows):
@@ -222,23 +214,10 @@ async def test_a_batch_that_raises_fails_each_of_its_items():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_sockets_sending_at_once_are_stored_in_shared_batches(transactional_db, monkeypatch):
+async def test_sockets_sending_at_once_are_stored_in_shared_batches(transactional_db, batch_sizes):
     await asyncio.to_thread(make_service)
-    batches = []
-    post = services.conversation_post_customer_messages
-
-    def spy(posts):
-        batches.append(len(posts))
-        return post(posts)
-
-    monkeypatch.setattr(services, "conversation_post_customer_messages", spy)
-    widgets = [Widget(ip=f"203.0.113.{n}") for n in range(12)]
-    for widget in widgets:
-        await widget.connect()
-        await widget.hello()
-        await widget.say("Hi")  # started one by one: a batch only adds to open conversations
-        await widget.message(2)
-    batches.clear()
+    widgets = await chatting_widgets(12)
+    batch_sizes.clear()
     client_ids = [str(uuid.uuid4()) for _ in widgets]
     for widget, client_id in zip(widgets, client_ids, strict=True):
         await widget.send(
@@ -254,14 +233,14 @@ async def test_sockets_sending_at_once_are_stored_in_shared_batches(transactiona
     assert [(e["type"], e["seq"], e["client_id"]) for e in echoes] == [
         ("message", 3, client_id) for client_id in client_ids
     ]
-    assert sum(batches) == 12
-    assert max(batches) > 1  # they waited for each other's commit, not each for its own
+    assert sum(batch_sizes) == 12
+    assert max(batch_sizes) > 1  # they waited for each other's commit, not each for its own
 
 
 @pytest.mark.django_db
 def test_a_visitor_over_the_rate_is_refused_without_costing_the_others(service, settings):
     settings.WIDGET_RATE_LIMIT = 2  # the conversation's first message is not counted here
-    a, b = chatting(service, 2)
+    a, b = chatting_visitors(service, 2)
     outcomes = consumers._store_messages(
         [
             CustomerPost(a, "1", "1"),
@@ -275,7 +254,7 @@ def test_a_visitor_over_the_rate_is_refused_without_costing_the_others(service, 
 
 def _questions(service, n: int) -> list[Message]:
     posted = services.conversation_post_customer_messages(
-        [CustomerPost(v, "Where is my invoice?", "q") for v in chatting(service, n)]
+        [CustomerPost(v, "Where is my invoice?", "q") for v in chatting_visitors(service, n)]
     )
     return [p.message for p in posted]
 
@@ -362,7 +341,7 @@ def test_a_batch_screens_its_messages_reading_the_escalation_policy_once(
 ):
     from escalation.services import policy_for
 
-    visitors = chatting(service, 12)
+    visitors = chatting_visitors(service, 12)
     policy_for(service)  # made with its defaults the first time: now only read
     with CaptureQueriesContext(connection) as queries:
         with django_capture_on_commit_callbacks(execute=False) as callbacks:

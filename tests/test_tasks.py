@@ -8,6 +8,7 @@ import pytest
 
 from conversations import services, tasks
 from conversations.models import Conversation, Message, Role
+from tests.conftest import chatting_visitors
 
 pytestmark = pytest.mark.django_db
 
@@ -260,9 +261,7 @@ def test_a_reply_task_reads_its_question_once(question):
 
 
 def test_the_batch_task_takes_each_turn_in_order_and_answers_the_last_question(service):
-    visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(2)]
-    for visitor in visitors:  # a batch adds to open conversations
-        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id="0")
+    visitors = chatting_visitors(service, 2)  # a batch adds to open conversations
     posted = services.conversation_post_customer_messages(
         [
             services.CustomerPost(visitors[0], "How do I reset my password?", "a"),
@@ -285,9 +284,7 @@ def test_the_batch_task_takes_each_turn_in_order_and_answers_the_last_question(s
 def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service, monkeypatch):
     from django.db import OperationalError
 
-    visitors = [services.visitor_identify(service=service, token=None)[0] for _ in range(2)]
-    for visitor in visitors:  # a batch adds to open conversations
-        services.conversation_post_customer_message(visitor=visitor, text="Hi", client_id="0")
+    visitors = chatting_visitors(service, 2)  # a batch adds to open conversations
     posted = services.conversation_post_customer_messages(
         [
             services.CustomerPost(visitors[0], "How do I reset my password?", "a"),

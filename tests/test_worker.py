@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_service
-from tests.widget import Widget
+from tests.widget import Widget, chatting_widgets
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -52,33 +52,18 @@ async def test_only_the_console_watching_a_conversation_gets_its_messages(servic
 
 
 async def test_customers_whose_messages_were_stored_together_each_get_their_answer(
-    service, monkeypatch
+    service, batch_sizes
 ):
     import asyncio
 
-    from conversations import services
-
-    batches = []
-    post = services.conversation_post_customer_messages
-
-    def spy(posts):
-        batches.append(len(posts))
-        return post(posts)
-
-    monkeypatch.setattr(services, "conversation_post_customer_messages", spy)
-    widgets = [Widget(ip=f"203.0.113.{n}") for n in range(6)]
-    for w in widgets:
-        await w.connect()
-        await w.hello()
-        await w.say("Hello")  # started one by one: a batch only adds to open conversations
-        await w.message(2, timeout=15)
-    batches.clear()
+    widgets = await chatting_widgets(6, timeout=15)
+    batch_sizes.clear()
     for w in widgets:  # all at once: they share a batch and its one task
         await w.send({"type": "message", "text": "How do I reset my password?", "client_id": "q"})
     replies = await asyncio.gather(*(w.message(4, timeout=15) for w in widgets))
     for w in widgets:
         await w.communicator.disconnect()
 
-    assert max(batches) > 1
+    assert max(batch_sizes) > 1
     assert [r["role"] for r in replies] == ["ai"] * 6
     assert all("Forgot password" in r["text"] for r in replies)

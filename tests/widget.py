@@ -81,3 +81,15 @@ class Widget:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+async def chatting_widgets(n: int, timeout: float = 5) -> list[Widget]:
+    """`n` connected widgets from distinct addresses, each with a conversation started and
+    answered one by one (a batch of several only adds to open conversations)."""
+    widgets = [Widget(ip=f"203.0.113.{i}") for i in range(n)]
+    for widget in widgets:
+        await widget.connect()
+        await widget.hello()
+        await widget.say("Hi")
+        await widget.message(2, timeout=timeout)
+    return widgets
