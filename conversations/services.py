@@ -233,12 +233,20 @@ def _insert(rows: list) -> None:
         type(rows[0]).objects.bulk_create(rows)
 
 
-def _save_counts(conversations: list[Conversation], fields: list[str]) -> None:
-    """One UPDATE for any number of conversations (Django's CASE form only for several)."""
+def _store_appended(
+    messages: list[Message], audits: list[AuditEvent], fields: list[str] = APPEND_FIELDS
+) -> None:
+    """Store messages from `_next_message` with their conversations' `fields` and the audit
+    rows, one statement each whatever their number, and announce the messages after commit."""
+    _insert(messages)
+    conversations = list({m.conversation_id: m.conversation for m in messages}.values())
     if len(conversations) == 1:
         conversations[0].save(update_fields=fields)
     elif conversations:
-        Conversation.objects.bulk_update(conversations, fields)
+        Conversation.objects.bulk_update(conversations, fields)  # Django's CASE form
+    _insert(audits)
+    for message in messages:
+        _announce(message)
 
 
 def _posted_audit(message: Message, actor_kind: str) -> AuditEvent:
@@ -287,10 +295,7 @@ def _append(
         confidence=confidence,
         evidence=evidence or {},
     )
-    _insert([message])
-    _save_counts([conversation], APPEND_FIELDS)
-    _insert([_posted_audit(message, actor_kind)])
-    _announce(message)
+    _store_appended([message], [_posted_audit(message, actor_kind)])
     return message
 
 
@@ -618,12 +623,8 @@ def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
         outcomes[index] = Posted(message=message, created=True)
     if not appended:
         return
-    _insert(appended)
-    touched = {message.conversation_id: message.conversation for message in appended}
-    _save_counts(list(touched.values()), [*APPEND_FIELDS, "opening_question"])
-    _insert([_posted_audit(message, "visitor") for message in appended])
-    for message in appended:
-        _announce(message)
+    audits = [_posted_audit(message, "visitor") for message in appended]
+    _store_appended(appended, audits, [*APPEND_FIELDS, "opening_question"])
     _enqueue_worker_turns(appended)
 
 
@@ -878,12 +879,7 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
             appended.append(message)
             audits.append(_posted_audit(message, "ai"))
             outcomes.append(message)
-        _insert(appended)
-        touched = {message.conversation_id: message.conversation for message in appended}
-        _save_counts(list(touched.values()), APPEND_FIELDS)
-        _insert(audits)
-        for message in appended:
-            _announce(message)
+        _store_appended(appended, audits)
     return outcomes
 
 

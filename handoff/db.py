@@ -116,6 +116,8 @@ class GroupCommit(Generic[Item, Outcome]):
 class _Queue:
     def __init__(self) -> None:
         self.waiting: list[tuple[object, asyncio.Future]] = []
+        # Counted down in the drainer itself as it returns, so that an item queued right
+        # after always finds a drainer (a done-callback on the set would run a step late).
         self.draining = 0
         # The running drainers, held so that none is garbage-collected mid-batch.
         self.drainers: set[asyncio.Task] = set()
