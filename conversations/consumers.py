@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -28,6 +29,9 @@ CLOSE_POLICY_VIOLATION = 1008
 FRAME_ABUSE_WINDOW = 10.0
 SOCKET_COUNT_TTL = 6 * 3600
 CLIENT_TYPES = {"hello", "message", "feedback", "request_human", "typing", "end"}
+# How long a message frame that overtook another waits for it before the socket reads the
+# transcript instead (seconds).
+GAP_WAIT = 1.0
 
 
 def _header(scope: dict, name: bytes) -> str:
@@ -114,6 +118,10 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
     visitor: Visitor | None = None
     conversation_id = None
     last_seq_sent = 0
+    # Message frames that arrived ahead of one still in flight, by seq, and the timer that
+    # reads the transcript if the missing ones do not come (see `_send_message_frame`).
+    held: dict[int, dict]
+    gap_timer: asyncio.Task | None = None
     ip_key: str | None = None
     # Per-socket token bucket over every frame (SPEC §9): WIDGET_FRAME_RATE tokens a second,
     # at most WIDGET_FRAME_BURST. Refused frames cost no database work.
@@ -123,6 +131,10 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
     closing = False
 
     # --- Connection ---------------------------------------------------------------------
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.held = {}
 
     async def connect(self) -> None:
         inprocess_beat.ensure_started()
@@ -153,6 +165,7 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 await db(self._release_socket_slot)()
 
     async def disconnect(self, code: int) -> None:
+        self._forget_held()
         if self.ip_key:
             await db(self._release_socket_slot)()
         if self.service is not None:
@@ -340,6 +353,7 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 protocol.conversation_group(self.conversation_id), self.channel_name
             )
             self.last_seq_sent = 0
+            self._forget_held()
         self.conversation_id = conversation_id
         await self.channel_layer.group_add(
             protocol.conversation_group(conversation_id), self.channel_name
@@ -369,14 +383,47 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         return [protocol.message_frame(m) for m in messages], conversation
 
     async def _send_message_frame(self, frame: dict) -> None:
-        if frame["seq"] <= self.last_seq_sent:
+        """Send message frames in seq order, each once.
+
+        A frame can overtake another on its way here: the sender's own echo, sent straight
+        back, overtakes the AI's answer to the customer's previous message when that answer
+        was stored first but still waits in the layer. The early frame is held until the
+        missing ones arrive, almost always within milliseconds; only if they have not come
+        after GAP_WAIT (the layer dropped them) does the socket read the transcript.
+        """
+        seq = frame["seq"]
+        if seq <= self.last_seq_sent:
             return
-        if frame["seq"] > self.last_seq_sent + 1:
-            # A frame overtook one still in flight: read the gap from the database.
-            await self._catch_up()
+        if seq > self.last_seq_sent + 1:
+            self.held[seq] = frame
+            if self.gap_timer is None:
+                self.gap_timer = asyncio.create_task(self._read_gap_later())
             return
-        self.last_seq_sent = frame["seq"]
+        self.last_seq_sent = seq
         await self.send_json(frame)
+        while (frame := self.held.pop(self.last_seq_sent + 1, None)) is not None:
+            self.last_seq_sent = frame["seq"]
+            await self.send_json(frame)
+        if not self.held:
+            self._forget_held()
+
+    async def _read_gap_later(self) -> None:
+        await asyncio.sleep(GAP_WAIT)
+        self.gap_timer = None
+        # Through the socket's own channel, so that the read takes its turn among the
+        # socket's other events instead of running beside them.
+        await self.channel_layer.send(self.channel_name, {"type": "widget.gap"})
+
+    async def widget_gap(self, event: dict) -> None:
+        if self.held:
+            self._forget_held()
+            await self._catch_up()
+
+    def _forget_held(self) -> None:
+        self.held.clear()
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.gap_timer = None
 
     async def widget_frame(self, event: dict) -> None:
         frame = event["frame"]

@@ -9,6 +9,7 @@ from channels.layers import channel_layers
 from django.contrib.auth.models import Group, Permission
 from django.core.cache import cache
 
+from conversations.consumers import ChatConsumer
 from conversations.models import KnowledgeEntry, Mode, Service, Specialist
 
 
@@ -445,3 +446,17 @@ def artifacts():
     path = Path(__file__).resolve().parent.parent / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def transcript_reads(monkeypatch) -> list[int]:
+    """The `after_seq` of every transcript read the widget sockets make."""
+    reads: list[int] = []
+    frames_since = ChatConsumer._frames_since
+
+    def counted(self, after_seq):
+        reads.append(after_seq)
+        return frames_since(self, after_seq)
+
+    monkeypatch.setattr(ChatConsumer, "_frames_since", counted)
+    return reads

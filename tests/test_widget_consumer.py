@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from conversations import services
 from conversations.models import Conversation, Message, Mode, Role, Service
 from tests.conftest import make_service
-from tests.widget import Widget
+from tests.widget import Widget, stored_quietly
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -387,3 +387,44 @@ async def test_the_sender_gets_its_echo_once_without_waiting_on_the_layer(servic
         frames = [f for f in w.frames if f["type"] == "message"]
         seqs = [f["seq"] for f in frames]
         assert seqs == sorted(set(seqs)), seqs  # nothing twice, nothing out of order
+
+
+async def test_a_frame_that_overtakes_another_waits_for_it_instead_of_reading(
+    service, transcript_reads
+):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")
+        await w.message(2)
+        await w.settle()  # the status frame, whenever it comes
+        reads_before = len(transcript_reads)
+        (third, fourth), announce = await stored_quietly("third", "fourth")
+        await announce(fourth)  # overtakes the third, still in flight
+        assert await w.nothing()  # held: the fourth never shows before the third
+        await announce(third)
+        assert [(await w.receive())["seq"] for _ in range(2)] == [3, 4]
+        assert await w.nothing(1.2)  # nothing twice, and no read when the timer would fire
+        assert len(transcript_reads) == reads_before
+
+
+async def test_a_frame_that_never_comes_is_read_from_the_transcript(
+    service, transcript_reads, monkeypatch
+):
+    monkeypatch.setattr("conversations.consumers.GAP_WAIT", 0.05)
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")
+        await w.message(2)
+        await w.settle()  # the status frame, whenever it comes
+        reads_before = len(transcript_reads)
+        (_, _, fifth), announce = await stored_quietly("third", "fourth", "fifth")
+        await announce(fifth)  # the layer lost the third and the fourth
+        frames = [await w.receive() for _ in range(3)]
+        assert [(f["seq"], f["text"]) for f in frames] == [
+            (3, "third"),
+            (4, "fourth"),
+            (5, "fifth"),
+        ]
+        assert transcript_reads[reads_before:] == [2]
+        await announce(fifth)
+        assert await w.nothing()

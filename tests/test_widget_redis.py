@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 from conversations import services
 from conversations.models import Conversation
 from tests.conftest import make_service
-from tests.widget import Widget
+from tests.widget import Widget, stored_quietly
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -62,3 +62,23 @@ async def test_an_idle_socket_on_redis_stays_open_past_ten_seconds(service):
         echo = await w.say("How do I reset my password?")
         assert echo["seq"] == 1
         assert (await w.message(2))["role"] == "ai"
+
+
+async def test_frames_out_of_order_wait_for_each_other_and_a_lost_one_is_read(
+    service, transcript_reads, monkeypatch
+):
+    monkeypatch.setattr("conversations.consumers.GAP_WAIT", 0.2)
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")
+        await w.message(2)
+        await w.settle()  # the status frame, whenever it comes
+        reads_before = len(transcript_reads)
+        (third, fourth, fifth, sixth), announce = await stored_quietly("3", "4", "5", "6")
+        await announce(fourth)
+        await announce(third)
+        assert [(await w.receive())["seq"] for _ in range(2)] == [3, 4]
+        assert transcript_reads[reads_before:] == []
+        await announce(sixth)  # the fifth is lost
+        assert [(await w.receive())["seq"] for _ in range(2)] == [5, 6]
+        assert transcript_reads[reads_before:] == [4]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from conversations import protocol
+from conversations.models import Conversation, Message, Role
 from handoff.asgi import application
 
 
@@ -71,6 +75,11 @@ class Widget:
     async def nothing(self, timeout: float = 0.2) -> bool:
         return await self.communicator.receive_nothing(timeout)
 
+    async def settle(self, quiet: float = 0.2) -> None:
+        """Receive until nothing has come for `quiet` seconds."""
+        while not await self.nothing(quiet):
+            await self.receive()
+
     async def close(self) -> None:
         await self.communicator.disconnect()
 
@@ -93,3 +102,31 @@ async def chatting_widgets(n: int, timeout: float = 5) -> list[Widget]:
         await widget.say("Hi")
         await widget.message(2, timeout=timeout)
     return widgets
+
+
+async def stored_quietly(*texts: str) -> tuple[list[dict], object]:
+    """Store lines in the one conversation without announcing them.
+
+    Returns their frames, and a coroutine function that sends one through the group.
+    """
+
+    def store():
+        conversation = Conversation.objects.get()
+        last = conversation.messages.count()
+        return conversation.pk, [
+            protocol.message_frame(
+                Message.objects.create(
+                    conversation=conversation, seq=last + n, role=Role.SYSTEM, text=text
+                )
+            )
+            for n, text in enumerate(texts, start=1)
+        ]
+
+    conversation_id, frames = await database_sync_to_async(store)()
+
+    async def announce(frame):
+        await get_channel_layer().group_send(
+            protocol.conversation_group(conversation_id), {"type": "widget.frame", "frame": frame}
+        )
+
+    return frames, announce
