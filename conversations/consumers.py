@@ -135,6 +135,8 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.held = {}
+        # Taken to send message frames: the gap timer's read runs beside the handlers.
+        self.sending = asyncio.Lock()
 
     async def connect(self) -> None:
         inprocess_beat.ensure_started()
@@ -363,12 +365,13 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.send_json(protocol.status_frame(self.service, conversation))
 
     async def _catch_up(self) -> Conversation | None:
-        frames, conversation = await db(self._frames_since)(self.last_seq_sent)
-        for frame in frames:
-            if frame["seq"] > self.last_seq_sent:
-                self.last_seq_sent = frame["seq"]
-                await self.send_json(frame)
-        return conversation
+        async with self.sending:
+            frames, conversation = await db(self._frames_since)(self.last_seq_sent)
+            for frame in frames:
+                if frame["seq"] > self.last_seq_sent:
+                    self.last_seq_sent = frame["seq"]
+                    await self.send_json(frame)
+            return conversation
 
     def _frames_since(self, after_seq: int) -> tuple[list[dict], Conversation | None]:
         conversation = (
@@ -391,33 +394,33 @@ class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
         missing ones arrive, almost always within milliseconds; only if they have not come
         after GAP_WAIT (the layer dropped them) does the socket read the transcript.
         """
-        seq = frame["seq"]
-        if seq <= self.last_seq_sent:
-            return
-        if seq > self.last_seq_sent + 1:
-            self.held[seq] = frame
-            if self.gap_timer is None:
-                self.gap_timer = asyncio.create_task(self._read_gap_later())
-            return
-        self.last_seq_sent = seq
-        await self.send_json(frame)
-        while (frame := self.held.pop(self.last_seq_sent + 1, None)) is not None:
-            self.last_seq_sent = frame["seq"]
+        async with self.sending:
+            seq = frame["seq"]
+            if seq <= self.last_seq_sent:
+                return
+            if seq > self.last_seq_sent + 1:
+                self.held[seq] = frame
+                if self.gap_timer is None:
+                    self.gap_timer = asyncio.create_task(self._read_gap_later())
+                return
+            self.last_seq_sent = seq
             await self.send_json(frame)
-        if not self.held:
-            self._forget_held()
+            while (frame := self.held.pop(self.last_seq_sent + 1, None)) is not None:
+                self.last_seq_sent = frame["seq"]
+                await self.send_json(frame)
+            if not self.held:
+                self._forget_held()
 
     async def _read_gap_later(self) -> None:
+        """After GAP_WAIT, read the transcript for what the held frames still wait for."""
         await asyncio.sleep(GAP_WAIT)
         self.gap_timer = None
-        # Through the socket's own channel, so that the read takes its turn among the
-        # socket's other events instead of running beside them.
-        await self.channel_layer.send(self.channel_name, {"type": "widget.gap"})
-
-    async def widget_gap(self, event: dict) -> None:
-        if self.held:
-            self._forget_held()
+        try:
+            self.held.clear()  # the read brings them too
             await self._catch_up()
+        except Exception:
+            logger.exception("widget socket could not read its transcript; closing it")
+            await self.close(code=1011)
 
     def _forget_held(self) -> None:
         self.held.clear()

@@ -428,3 +428,25 @@ async def test_a_frame_that_never_comes_is_read_from_the_transcript(
         assert transcript_reads[reads_before:] == [2]
         await announce(fifth)
         assert await w.nothing()
+
+
+async def test_a_socket_that_cannot_read_its_gap_closes_so_that_the_widget_resumes(
+    service, monkeypatch
+):
+    from conversations.consumers import ChatConsumer
+
+    monkeypatch.setattr("conversations.consumers.GAP_WAIT", 0.05)
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")
+        await w.message(2)
+        await w.settle()
+
+        def database_gone(self, after_seq):
+            raise ConnectionError("database gone")
+
+        monkeypatch.setattr(ChatConsumer, "_frames_since", database_gone)
+        (_, fourth), announce = await stored_quietly("third", "fourth")
+        await announce(fourth)
+        closed = await w.communicator.receive_output(2)
+        assert closed == {"type": "websocket.close", "code": 1011}
