@@ -19,6 +19,7 @@ from conversations import geo, protocol, selectors, services
 from conversations.models import Conversation, Service, Visitor
 from handoff import inprocess_beat
 from handoff.db import DirectDispatch, GroupCommit, db
+from handoff.layer import ClosesWhenLayerLost
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _store_messages(posts: list[services.CustomerPost]) -> list:
 customer_messages = GroupCommit(_store_messages)
 
 
-class ChatConsumer(DirectDispatch, AsyncWebsocketConsumer):
+class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
     """One customer's widget: hello, then messages, feedback and requests for a human."""
 
     service: Service | None = None

@@ -361,6 +361,8 @@ class Hub:
                 message = await self.layer.receive(channel)
                 if message.get("type") == "console.event":
                     self.take(message)
+                elif message.get("type") == "layer.lost":
+                    raise ConnectionError("the channel layer may have lost messages")
                 if time.monotonic() > rejoin:
                     await self.layer.group_add(CONSOLE_GROUP, channel)
                     rejoin = time.monotonic() + HUB_REJOIN_SECONDS

@@ -26,6 +26,7 @@ from conversations.models import Conversation
 from dashboard import broadcast, cards
 from handoff import inprocess_beat
 from handoff.db import DirectDispatch, db
+from handoff.layer import ClosesWhenLayerLost
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def same_origin(scope: dict) -> bool:
     return urlsplit(origin).netloc.lower() == headers.get(b"host", b"").decode("latin-1").lower()
 
 
-class ConsoleConsumer(DirectDispatch, AsyncWebsocketConsumer):
+class ConsoleConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
     """One agent's console: a snapshot, then live cards, counters, modes and toasts."""
 
     user = None

@@ -21,6 +21,12 @@ import threading
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
+from channels_redis.utils import _wrap_close, decode_hosts
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +111,83 @@ atexit.register(sender.drain)
 
 def group_send(group: str, message: dict) -> None:
     sender.group_send(group, message)
+
+
+# --- The pub/sub layer, with outages made visible ----------------------------------------------
+
+
+class PubSubChannelLayer(RedisPubSubChannelLayer):
+    """channels-redis's pub/sub layer, whose consumers learn that messages may have been lost.
+
+    One `PUBLISH` per `group_send` (the core layer takes four commands, and its receive takes
+    three round trips per message, one message at a time), and messages are pushed to the
+    process as they come. But a pub/sub message that finds its subscriber disconnected is
+    gone, and channels-redis's reader only logs and retries while redis-py quietly
+    reconnects and subscribes again. Here, whenever the connection that receives breaks or
+    is made again, every channel of the process gets a `layer.lost` message: consumers close
+    their sockets (1011), so that clients reconnect and resync, as they do when the core
+    layer's `receive` fails.
+    """
+
+    def _get_layer(self) -> RedisPubSubLoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            _wrap_close(self, loop)
+        return layer
+
+
+LAYER_LOST: dict = {"type": "layer.lost"}
+CLOSE_LAYER_LOST = 1011
+
+
+class ClosesWhenLayerLost:
+    """A consumer mixin: close the socket when the layer may have lost its messages."""
+
+    async def layer_lost(self, event: dict) -> None:
+        await self.close(code=CLOSE_LAYER_LOST)
+
+
+class _LoopLayer(RedisPubSubLoopLayer):
+    def __init__(self, hosts=None, **kwargs) -> None:
+        super().__init__(hosts, **kwargs)
+        self._shards = [_Shard(host, self) for host in decode_hosts(hosts)]
+
+    def lost(self) -> None:
+        """Tell every channel of this process that messages may have been lost."""
+        if self.channels:
+            logger.warning("channel layer connection lost; %d channel(s) told", len(self.channels))
+        message = self.channel_layer.serialize(LAYER_LOST)
+        for queue in self.channels.values():
+            queue.put_nowait(message)
+
+
+class _Shard(RedisSingleShardConnection):
+    _watched = None
+
+    async def subscribe(self, channel: str) -> None:
+        await super().subscribe(channel)
+        connection = self._pubsub.connection
+        if connection is not None and connection is not self._watched:
+            # Registered once connected, so it runs on every later connect: a reconnect.
+            self._watched = connection
+            connection.register_connect_callback(self._reconnected)
+
+    async def _reconnected(self, connection) -> None:
+        self.channel_layer.lost()
+
+    async def _do_receiving(self) -> None:
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=0.1
+                    )
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(0.1)
+            except Exception:  # a socket timeout too: channels-redis's reader would end there
+                logger.exception("channel layer could not receive")
+                self.channel_layer.lost()
+                await asyncio.sleep(1)

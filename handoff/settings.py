@@ -178,28 +178,31 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 CHANNEL_LAYER = env("CHANNEL_LAYER", "core")
 if CHANNEL_LAYER not in {"core", "pubsub"}:
     raise ImproperlyConfigured("CHANNEL_LAYER must be 'core' or 'pubsub'")
-if REDIS_URL and CHANNEL_LAYER == "pubsub":
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                "prefix": env("CHANNEL_PREFIX", "handoff"),
-            },
+
+
+def redis_channel_layer(url: str, kind: str, prefix: str) -> dict:
+    """The channel layer on Redis at `url`: "pubsub" or "core" (see handoff/layer.py)."""
+    # socket_timeout None: the layer blocks on reads while sockets are idle.
+    hosts = [{"address": url, "socket_timeout": None}]
+    if kind == "pubsub":
+        return {
+            "BACKEND": "handoff.layer.PubSubChannelLayer",
+            "CONFIG": {"hosts": hosts, "prefix": prefix},
         }
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": hosts,
+            "capacity": envint("CHANNEL_CAPACITY", 1500, minimum=10),
+            "expiry": 30,
+            "prefix": prefix,
+        },
     }
-elif REDIS_URL:
+
+
+if REDIS_URL:
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # socket_timeout None: the layer blocks on reads while sockets are idle.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                "capacity": envint("CHANNEL_CAPACITY", 1500, minimum=10),
-                "expiry": 30,
-                "prefix": env("CHANNEL_PREFIX", "handoff"),
-            },
-        }
+        "default": redis_channel_layer(REDIS_URL, CHANNEL_LAYER, env("CHANNEL_PREFIX", "handoff"))
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

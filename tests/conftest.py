@@ -134,8 +134,26 @@ def stranger(db, django_user_model):
 
 @pytest.fixture
 def redis_layer(settings):
-    """Switch the channel layer to channels-redis on the real Redis server."""
+    """Switch the channel layer to production's (CHANNEL_LAYER) on the real Redis server."""
+    yield from _redis_layer(settings, settings.CHANNEL_LAYER)
+
+
+@pytest.fixture
+def core_layer(settings):
+    """Switch the channel layer to the core Redis layer on the real Redis server."""
+    yield from _redis_layer(settings, "core")
+
+
+@pytest.fixture
+def pubsub_layer(settings):
+    """Switch the channel layer to the pub/sub layer on the real Redis server."""
+    yield from _redis_layer(settings, "pubsub")
+
+
+def _redis_layer(settings, kind: str):
     import redis
+
+    from handoff.settings import redis_channel_layer
 
     client = redis.Redis.from_url(settings.TEST_REDIS_URL)
     try:
@@ -144,13 +162,7 @@ def redis_layer(settings):
         pytest.fail(f"Redis is not reachable at {settings.TEST_REDIS_URL}")
     client.flushdb()
     settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [{"address": settings.TEST_REDIS_URL, "socket_timeout": None}],
-                "prefix": "handoff-test",
-            },
-        }
+        "default": redis_channel_layer(settings.TEST_REDIS_URL, kind, "handoff-test")
     }
     channel_layers.backends = {}
     yield settings.CHANNEL_LAYERS

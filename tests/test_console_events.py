@@ -341,7 +341,7 @@ async def test_a_hub_that_missed_a_batch_sends_its_consoles_a_fresh_snapshot(
 
 @pytest.mark.redis
 async def test_a_console_resyncs_after_its_hub_channel_overflowed_on_redis(
-    service, agent, redis_layer
+    service, agent, core_layer
 ):
     """The core Redis layer drops what overflows a channel; the next batch shows the gap."""
     from channels.layers import get_channel_layer
@@ -349,9 +349,9 @@ async def test_a_console_resyncs_after_its_hub_channel_overflowed_on_redis(
     from dashboard import broadcast
     from handoff.layer import sender
 
+    core_layer["default"]["CONFIG"]["capacity"] = 100
     mode = {"type": "service", "service": {"slug": "support", "name": "Support", "mode": "x"}}
     async with Console(agent) as console:
-        # channels-redis's default capacity, which the test layer keeps, is 100 a channel.
         # The sends go out from the sender's thread while this test holds the event loop,
         # so the hub cannot drain its channel: batches 101-120 are dropped.
         for n in range(1, 121):
