@@ -174,8 +174,10 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/console/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
-# Realtime: Redis in production, one process's memory in the embedded default.
-CHANNEL_LAYER = env("CHANNEL_LAYER", "core")
+# Realtime: Redis in production, one process's memory in the embedded default. The pub/sub
+# layer pushes messages to each process as they come; "core" (channels-redis's list-based
+# layer) reads them one at a time, three round trips each (bench/README.md).
+CHANNEL_LAYER = env("CHANNEL_LAYER", "pubsub")
 if CHANNEL_LAYER not in {"core", "pubsub"}:
     raise ImproperlyConfigured("CHANNEL_LAYER must be 'core' or 'pubsub'")
 
