@@ -122,6 +122,8 @@ class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
     # Message frames that arrived ahead of one still in flight, by seq, and the timer that
     # reads the transcript if the missing ones do not come (see `_send_message_frame`).
     held: dict[int, dict]
+    # Other frames (status, typing) that arrived while messages were held: they follow them.
+    held_after: list[dict]
     gap_timer: asyncio.Task | None = None
     ip_key: str | None = None
     # Per-socket token bucket over every frame (SPEC §9): WIDGET_FRAME_RATE tokens a second,
@@ -135,7 +137,7 @@ class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.held = {}
+        self.held, self.held_after = {}, []
         # Taken to send message frames: the gap timer's read runs beside the handlers.
         self.sending = asyncio.Lock()
 
@@ -367,12 +369,15 @@ class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
 
     async def _catch_up(self) -> Conversation | None:
         async with self.sending:
-            frames, conversation = await db(self._frames_since)(self.last_seq_sent)
-            for frame in frames:
-                if frame["seq"] > self.last_seq_sent:
-                    self.last_seq_sent = frame["seq"]
-                    await self.send_json(frame)
-            return conversation
+            return await self._send_stored()
+
+    async def _send_stored(self) -> Conversation | None:
+        frames, conversation = await db(self._frames_since)(self.last_seq_sent)
+        for frame in frames:
+            if frame["seq"] > self.last_seq_sent:
+                self.last_seq_sent = frame["seq"]
+                await self.send_json(frame)
+        return conversation
 
     def _frames_since(self, after_seq: int) -> tuple[list[dict], Conversation | None]:
         conversation = (
@@ -410,21 +415,29 @@ class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
                 self.last_seq_sent = frame["seq"]
                 await self.send_json(frame)
             if not self.held:
-                self._forget_held()
+                await self._gap_closed()
+
+    async def _gap_closed(self) -> None:
+        after, self.held_after = self.held_after, []
+        self._forget_held()
+        for frame in after:
+            await self.send_json(frame)
 
     async def _read_gap_later(self) -> None:
         """After GAP_WAIT, read the transcript for what the held frames still wait for."""
         await asyncio.sleep(GAP_WAIT)
         self.gap_timer = None
         try:
-            self.held.clear()  # the read brings them too
-            await self._catch_up()
+            async with self.sending:
+                await self._send_stored()  # the held frames too: they were stored before
+                await self._gap_closed()
         except Exception:
             logger.exception("widget socket could not read its transcript; closing it")
             await self.close(code=1011)
 
     def _forget_held(self) -> None:
         self.held.clear()
+        self.held_after.clear()
         if self.gap_timer is not None:
             self.gap_timer.cancel()
             self.gap_timer = None
@@ -433,6 +446,8 @@ class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
         frame = event["frame"]
         if frame.get("type") == "message":
             await self._send_message_frame(frame)
+        elif self.held:
+            self.held_after.append(frame)
         else:
             await self.send_json(frame)
 

@@ -261,7 +261,12 @@ def _posted_audit(message: Message, actor_kind: str) -> AuditEvent:
 
 
 def _announce(message: Message) -> None:
-    """After commit: the stored message to its conversation's sockets and to subscribers."""
+    """After commit: the stored message to its conversation's sockets, then to subscribers.
+
+    In that order, so that what a subscriber does about the message (a non-answer that
+    hands the conversation off) reaches the widget after the message itself.
+    """
+    transaction.on_commit(lambda: protocol.send_message(message))
     events.publish(
         events.MessagePosted(
             conversation_id=message.conversation_id,
@@ -271,7 +276,6 @@ def _announce(message: Message) -> None:
             message=message,
         )
     )
-    transaction.on_commit(lambda: protocol.send_message(message))
 
 
 def _append(

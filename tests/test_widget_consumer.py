@@ -407,6 +407,20 @@ async def test_a_frame_that_overtakes_another_waits_for_it_instead_of_reading(
         assert len(transcript_reads) == reads_before
 
 
+async def test_other_frames_that_come_while_messages_are_held_follow_them(service):
+    async with Widget() as w:
+        await w.hello()
+        await w.say("How do I reset my password?")
+        await w.message(2)
+        await w.settle()
+        (third, fourth), announce = await stored_quietly("third", "fourth")
+        await announce(fourth)
+        await announce({"type": "typing", "on": False, "who": "ai"})
+        await announce(third)
+        frames = [await w.receive() for _ in range(3)]
+        assert [f.get("seq", f["type"]) for f in frames] == [3, 4, "typing"]
+
+
 async def test_a_frame_that_never_comes_is_read_from_the_transcript(
     service, transcript_reads, monkeypatch
 ):

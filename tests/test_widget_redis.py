@@ -1,4 +1,4 @@
-"""The widget protocol on the production channel layer: channels-redis on the real Redis."""
+"""The widget protocol on the production channel layer (pub/sub) on the real Redis."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ def service(transactional_db, redis_layer):
     return make_service()
 
 
-async def test_the_layer_in_use_is_channels_redis(service):
-    assert type(get_channel_layer()).__module__ == "channels_redis.core"
+async def test_the_layer_in_use_is_the_pub_sub_layer_on_redis(service):
+    from handoff.layer import PubSubChannelLayer
+
+    assert isinstance(get_channel_layer(), PubSubChannelLayer)
 
 
 async def test_a_conversation_round_trips_through_redis(service, agent):
