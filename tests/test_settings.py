@@ -90,12 +90,31 @@ def test_database_and_redis_urls_give_postgres_channels_redis_and_a_celery_broke
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout)
     assert loaded["db"] == "django.db.backends.postgresql"
-    assert loaded["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert loaded["layer"] == "handoff.layer.PubSubChannelLayer"
     # Idle sockets must not die on a read timeout while the layer blocks on Redis.
     assert loaded["hosts"] == [{"address": "redis://cache.example:6379/0", "socket_timeout": None}]
     assert loaded["eager"] is False
     assert loaded["broker"] == "redis://cache.example:6379/0"
     assert loaded["debug"] is False
+
+
+def test_channel_layer_core_gives_channels_redis_list_layer_with_its_capacity():
+    result = load(
+        DATABASE_URL="postgres://u@db.example:5432/handoff",
+        REDIS_URL="redis://cache.example:6379/0",
+        SECRET_KEY="s" * 50,
+        CHANNEL_LAYER="core",
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert loaded["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert loaded["hosts"] == [{"address": "redis://cache.example:6379/0", "socket_timeout": None}]
+
+
+def test_an_unknown_channel_layer_fails_loudly():
+    result = load(REDIS_URL="redis://cache.example:6379/0", CHANNEL_LAYER="kafka")
+    assert result.returncode != 0
+    assert "CHANNEL_LAYER must be 'core' or 'pubsub'" in result.stderr
 
 
 def test_production_refuses_the_default_secret_key():
