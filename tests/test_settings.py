@@ -112,7 +112,9 @@ def test_channel_layer_core_gives_channels_redis_list_layer_with_its_capacity():
 
 
 def test_an_unknown_channel_layer_fails_loudly():
-    result = load(REDIS_URL="redis://cache.example:6379/0", CHANNEL_LAYER="kafka")
+    result = load(
+        REDIS_URL="redis://cache.example:6379/0", SECRET_KEY="s" * 50, CHANNEL_LAYER="kafka"
+    )
     assert result.returncode != 0
     assert "CHANNEL_LAYER must be 'core' or 'pubsub'" in result.stderr
 
