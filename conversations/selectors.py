@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from conversations.ai.base import AIRequest, KnowledgeItem, SpecialistInfo, Turn
-from conversations.models import Conversation, KnowledgeEntry, Message, Service, Specialist
+from conversations.models import (
+    Conversation,
+    KnowledgeEntry,
+    Message,
+    Role,
+    Service,
+    Specialist,
+)
 
 AI_CONTEXT_MESSAGES = 20
 
@@ -84,15 +93,68 @@ def messages_after(*, conversation: Conversation, after_seq: int = 0) -> QuerySe
     )
 
 
+def customer_messages(message_ids: Iterable[int]) -> dict[int, Message]:
+    """Customer messages by id, each with its conversation, service and escalation policy.
+
+    One query for any number. Messages of one service share one `Service` object, so that
+    what is read or cached on it (the escalation policy) is read once for all of them.
+    """
+    messages = list(
+        Message.objects.filter(pk__in=list(message_ids), role=Role.USER).select_related(
+            # The escalation app's one-to-one: its mood check reads the policy with the message.
+            "conversation__service__escalation_policy"
+        )
+    )
+    services: dict[int, Service] = {}
+    for message in messages:
+        conversation = message.conversation
+        conversation.service = services.setdefault(conversation.service_id, conversation.service)
+    return {message.pk: message for message in messages}
+
+
 def ai_request_for(*, conversation: Conversation, upto_seq: int) -> AIRequest:
     """Everything a responder needs to answer the customer message numbered `upto_seq`."""
+    [request] = ai_requests_for([(conversation, upto_seq)])
+    return request
+
+
+def ai_requests_for(turns: Sequence[tuple[Conversation, int]]) -> list[AIRequest]:
+    """`ai_request_for` for each (conversation, seq) of `turns`, the transcripts in one query.
+
+    Seqs have no gaps, so the last AI_CONTEXT_MESSAGES messages up to `seq` are the ones
+    numbered from `seq - AI_CONTEXT_MESSAGES + 1` to `seq`.
+    """
+    if not turns:
+        return []
+    wanted = Q()
+    for conversation, upto in turns:
+        wanted |= Q(
+            conversation_id=conversation.id, seq__gt=upto - AI_CONTEXT_MESSAGES, seq__lte=upto
+        )
+    lines: dict[uuid.UUID, dict[int, tuple[str, str]]] = defaultdict(dict)
+    rows = (
+        Message.objects.filter(wanted)
+        .order_by()
+        .values_list("conversation_id", "seq", "role", "text")
+    )
+    for conversation_id, seq, role, text in rows:
+        lines[conversation_id][seq] = (role, text)
+    return [
+        _ai_request(
+            conversation,
+            [
+                lines[conversation.id][seq]
+                for seq in range(upto - AI_CONTEXT_MESSAGES + 1, upto + 1)
+                if seq in lines[conversation.id]
+            ],
+        )
+        for conversation, upto in turns
+    ]
+
+
+def _ai_request(conversation: Conversation, transcript: list[tuple[str, str]]) -> AIRequest:
     service = conversation.service
     knowledge = service_knowledge(service)
-    recent = list(
-        conversation.messages.filter(seq__lte=upto_seq)
-        .order_by("-seq")
-        .values_list("role", "text")[:AI_CONTEXT_MESSAGES]
-    )
     return AIRequest(
         service_name=service.name,
         specialists=tuple(
@@ -101,5 +163,5 @@ def ai_request_for(*, conversation: Conversation, upto_seq: int) -> AIRequest:
         ),
         current_specialist=knowledge.specialist_name(conversation.specialist_id),
         knowledge=knowledge.items,
-        transcript=tuple(Turn(role=role, text=text) for role, text in reversed(recent)),
+        transcript=tuple(Turn(role=role, text=text) for role, text in transcript),
     )

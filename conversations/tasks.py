@@ -11,7 +11,8 @@ from django.db import OperationalError
 
 from conversations import events, protocol, selectors, services
 from conversations.ai import get_responder
-from conversations.models import Conversation, Message, Role
+from conversations.ai.base import AIRequest
+from conversations.models import Conversation, Message
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +65,16 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     the mood on `CustomerMessageReceived`); a hand-off that the checks cause is committed
     before the AI would answer. Returns the reply's seq, or None if there is no reply.
     """
-    message = _checked_turn(conversation_id, message_id, epoch)
-    if message is None:
+    message = selectors.customer_messages([message_id]).get(message_id)
+    if not _checked_turn(message, conversation_id, message_id, epoch):
         return None
     responder = get_responder()
     if responder.typing_indicator:
         protocol.send_typing(message.conversation_id, True)
     try:
-        [posted] = services.conversation_post_ai_messages([_answer(responder, message, epoch)])
+        [request] = selectors.ai_requests_for([(message.conversation, message.seq)])
+        reply = _answer(responder, message, epoch, request)
+        [posted] = services.conversation_post_ai_messages([reply])
     finally:
         if responder.typing_indicator:
             protocol.send_typing(message.conversation_id, False)
@@ -97,18 +100,30 @@ def generate_ai_replies(turns: list[list]) -> list[int | None]:
         for turn in turns:
             dispatch(generate_ai_reply, *turn)
         return [None] * len(turns)
-    answers: list[tuple[int, services.AiReply]] = []
-    for index, (conversation_id, message_id, epoch) in enumerate(turns):
-        try:
-            if message := _checked_turn(conversation_id, message_id, epoch):
-                answers.append((index, _answer(responder, message, epoch)))
-        except TRANSIENT:
-            _retry_alone(turns[index])
     seqs: list[int | None] = [None] * len(turns)
     try:
+        messages = selectors.customer_messages(message_id for _, message_id, _ in turns)
+    except TRANSIENT:
+        for turn in turns:
+            _retry_alone(turn)
+        return seqs
+    checked: list[tuple[int, Message, int]] = []
+    for index, (conversation_id, message_id, epoch) in enumerate(turns):
+        message = messages.get(message_id)
+        try:
+            if _checked_turn(message, conversation_id, message_id, epoch):
+                checked.append((index, message, epoch))
+        except TRANSIENT:
+            _retry_alone(turns[index])
+    try:
+        requests = selectors.ai_requests_for([(m.conversation, m.seq) for _, m, _ in checked])
+        answers = [
+            (index, _answer(responder, message, epoch, request))
+            for (index, message, epoch), request in zip(checked, requests, strict=True)
+        ]
         posted = services.conversation_post_ai_messages([reply for _, reply in answers])
     except TRANSIENT:
-        for index, _ in answers:
+        for index, _, _ in checked:
             _retry_alone(turns[index])
         return seqs
     for (index, _), message in zip(answers, posted, strict=True):
@@ -121,16 +136,16 @@ def _retry_alone(turn: list) -> None:
     dispatch_later(generate_ai_reply, *turn, countdown=1)
 
 
-def _checked_turn(conversation_id: str, message_id: int, epoch: int) -> Message | None:
-    """The customer message, after its slow checks, if the AI should answer it now."""
-    message = (
-        Message.objects.filter(pk=message_id, role=Role.USER)
-        .select_related("conversation__service")
-        .first()
-    )
+def _checked_turn(
+    message: Message | None, conversation_id: str, message_id: int, epoch: int
+) -> bool:
+    """Run the customer message's slow checks; whether the AI should answer it now.
+
+    `message` was read with its conversation, service and policy (`customer_messages`).
+    """
     if message is None:
         logger.info("message %s is gone; no reply", message_id)
-        return None
+        return False
     events.deliver_now(
         events.CustomerMessageReceived(
             conversation_id=conversation_id, message_id=message_id, message=message
@@ -138,15 +153,12 @@ def _checked_turn(conversation_id: str, message_id: int, epoch: int) -> Message 
     )
     conversation = message.conversation
     if not services.ai_should_answer(conversation) or conversation.ai_epoch != epoch:
-        return None
-    if not services.ai_reply_needed(conversation=conversation, reply_to=message):
-        return None
-    return message
+        return False
+    return services.ai_reply_needed(conversation=conversation, reply_to=message)
 
 
-def _answer(responder, message: Message, epoch: int) -> services.AiReply:
+def _answer(responder, message: Message, epoch: int, request: AIRequest) -> services.AiReply:
     conversation = message.conversation
-    request = selectors.ai_request_for(conversation=conversation, upto_seq=message.seq)
     reply = responder.reply(request)
     return services.AiReply(
         conversation_id=conversation.id,

@@ -8,6 +8,7 @@ import pytest
 
 from conversations import services, tasks
 from conversations.models import Conversation, Message, Role
+from escalation.models import EscalationPolicy
 from tests.conftest import chatting_visitors
 
 pytestmark = pytest.mark.django_db
@@ -253,11 +254,43 @@ def test_a_reply_task_reads_its_question_once(question):
 
     with CaptureQueriesContext(connection) as task:
         assert run_reply(question) == 2
-    by_id = f'"conversations_message"."id" = {question.pk}'
+    by_id = f'"conversations_message"."id" IN ({question.pk})'
     reads = [q["sql"] for q in task.captured_queries if q["sql"].startswith("SELECT")]
     assert len([sql for sql in reads if by_id in sql]) == 1
     question.refresh_from_db()
     assert question.sentiment is not None  # the mood was scored on the message read once
+
+
+def test_a_batch_reads_its_questions_policies_and_transcripts_once_whatever_its_size(service):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def reads(n: int) -> dict[str, int]:
+        visitors = chatting_visitors(service, n)
+        posted = services.conversation_post_customer_messages(
+            [
+                services.CustomerPost(v, "Where can I download my invoices?", f"q{v.pk}")
+                for v in visitors
+            ]
+        )
+        turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
+        with CaptureQueriesContext(connection) as batch:
+            assert None not in tasks.generate_ai_replies.apply(args=[turns]).get()
+        selects = [q["sql"] for q in batch.captured_queries if q["sql"].startswith("SELECT")]
+        return {
+            "questions": sum('"conversations_message"."id" IN' in sql for sql in selects),
+            "policies": sum(
+                sql.split(" FROM ")[1].startswith('"escalation_escalationpolicy"')
+                for sql in selects
+            ),
+            "transcripts": sum(
+                '"conversations_message"."text" AS "text"' in sql for sql in selects
+            ),
+        }
+
+    EscalationPolicy.objects.get_or_create(service=service)  # as every service has, once used
+    small, large = reads(2), reads(6)
+    assert small == large == {"questions": 1, "policies": 0, "transcripts": 1}
 
 
 def test_the_batch_task_takes_each_turn_in_order_and_answers_the_last_question(service):
@@ -294,10 +327,10 @@ def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service,
     turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
     checked_turn = tasks._checked_turn
 
-    def first_fails(conversation_id, message_id, epoch):
+    def first_fails(message, conversation_id, message_id, epoch):
         if message_id == posted[0].message.pk:
             raise OperationalError("could not serialize access")
-        return checked_turn(conversation_id, message_id, epoch)
+        return checked_turn(message, conversation_id, message_id, epoch)
 
     later = []
     monkeypatch.setattr(tasks, "_checked_turn", first_fails)
@@ -326,3 +359,23 @@ def test_a_batch_for_a_slow_responder_becomes_a_task_per_turn(service, monkeypat
         (tasks.generate_ai_reply, ("c1", 1, 0)),
         (tasks.generate_ai_reply, ("c2", 2, 0)),
     ]
+
+
+def test_each_turn_of_a_batch_gets_the_transcript_up_to_its_own_message(service, monkeypatch):
+    from conversations import selectors
+
+    monkeypatch.setattr(selectors, "AI_CONTEXT_MESSAGES", 3)
+    first, second = chatting_visitors(service, 2)
+    for n in range(2, 6):  # the first conversation: Hi, then m2..m5, with nothing answered
+        services.conversation_post_customer_message(visitor=first, text=f"m{n}", client_id=str(n))
+    one = Conversation.objects.get(visitor=first)
+    other = Conversation.objects.get(visitor=second)
+
+    requests = selectors.ai_requests_for([(one, 5), (other, 1), (one, 2)])
+
+    assert [[turn.text for turn in r.transcript] for r in requests] == [
+        ["m3", "m4", "m5"],
+        ["Hi"],
+        ["Hi", "m2"],
+    ]
+    assert requests[0] == selectors.ai_request_for(conversation=one, upto_seq=5)
