@@ -45,19 +45,19 @@ class MessagePosted:
 
 
 @dataclass(frozen=True)
-class CustomerMessageReceived:
-    """A customer message's task started in the worker, before the AI answers it.
+class CustomerMessagesReceived:
+    """The worker took up customer messages (a batch the web stored, or one), before the AI
+    answers them.
 
     Delivered with `deliver_now` (not after a commit): subscribers do the slow checks there,
     so that their outcome (a hand-off) comes before the AI's reply, and their transient errors
     make the task retry.
     """
 
-    conversation_id: UUID
-    message_id: int
-    # The message as the task read it, with its conversation and service. A subscriber that
-    # changes the conversation (a hand-off) reads it again into `message.conversation`.
-    message: Message = field(compare=False, repr=False)
+    # The messages as the task read them, each with its conversation, service and escalation
+    # policy. A subscriber that changes a conversation (a hand-off) reads it again into
+    # `message.conversation`.
+    messages: tuple[Message, ...] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class ServiceModeChanged:
 
 DomainEvent = (
     MessagePosted
-    | CustomerMessageReceived
+    | CustomerMessagesReceived
     | ConversationChanged
     | FeedbackGiven
     | HumanRequested

@@ -62,11 +62,15 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
 
     Dispatched for every customer message stored alone (and for a turn of a batch retried
     alone), whether or not the AI may answer, so that one task does both (escalation scores
-    the mood on `CustomerMessageReceived`); a hand-off that the checks cause is committed
+    the mood on `CustomerMessagesReceived`); a hand-off that the checks cause is committed
     before the AI would answer. Returns the reply's seq, or None if there is no reply.
     """
     message = selectors.customer_messages([message_id]).get(message_id)
-    if not _checked_turn(message, conversation_id, message_id, epoch):
+    if message is None:
+        logger.info("message %s is gone; no reply", message_id)
+        return None
+    events.deliver_now(events.CustomerMessagesReceived(messages=(message,)))
+    if not _answer_needed(message, epoch):
         return None
     responder = get_responder()
     if responder.typing_indicator:
@@ -87,11 +91,11 @@ def generate_ai_replies(turns: list[list]) -> list[int | None]:
 
     One task for the batch rather than one per message: under load a web process stores
     many messages per transaction, and a task's trip through the broker costs more than
-    the turn. Each turn's checks run first, in order (a hand-off they cause commits before
-    any answer), then the answers are posted in one transaction. A turn that fails on a
-    transient error goes back to the broker as a task of its own (`generate_ai_reply`,
-    retried with backoff). Every turn is idempotent, so a batch delivered again (a worker
-    killed mid-batch) answers nothing twice.
+    the turn. The batch's slow checks run first, for all its messages at once (a hand-off
+    they cause commits before any answer), then the answers are posted in one
+    transaction. A turn that fails on a transient error goes back to the broker as a task
+    of its own (`generate_ai_reply`, retried with backoff). Every turn is idempotent, so
+    a batch delivered again (a worker killed mid-batch) answers nothing twice.
     """
     responder = get_responder()
     if responder.typing_indicator:
@@ -103,15 +107,22 @@ def generate_ai_replies(turns: list[list]) -> list[int | None]:
     seqs: list[int | None] = [None] * len(turns)
     try:
         messages = selectors.customer_messages(message_id for _, message_id, _ in turns)
+        for _, message_id, _ in turns:
+            if message_id not in messages:
+                logger.info("message %s is gone; no reply", message_id)
+        present = [(index, turn) for index, turn in enumerate(turns) if turn[1] in messages]
+        events.deliver_now(
+            events.CustomerMessagesReceived(messages=tuple(messages[t[1]] for _, t in present))
+        )
     except TRANSIENT:
         for turn in turns:
             _retry_alone(turn)
         return seqs
     checked: list[tuple[int, Message, int]] = []
-    for index, (conversation_id, message_id, epoch) in enumerate(turns):
-        message = messages.get(message_id)
+    for index, (_, message_id, epoch) in present:
+        message = messages[message_id]
         try:
-            if _checked_turn(message, conversation_id, message_id, epoch):
+            if _answer_needed(message, epoch):
                 checked.append((index, message, epoch))
         except TRANSIENT:
             _retry_alone(turns[index])
@@ -136,21 +147,8 @@ def _retry_alone(turn: list) -> None:
     dispatch_later(generate_ai_reply, *turn, countdown=1)
 
 
-def _checked_turn(
-    message: Message | None, conversation_id: str, message_id: int, epoch: int
-) -> bool:
-    """Run the customer message's slow checks; whether the AI should answer it now.
-
-    `message` was read with its conversation, service and policy (`customer_messages`).
-    """
-    if message is None:
-        logger.info("message %s is gone; no reply", message_id)
-        return False
-    events.deliver_now(
-        events.CustomerMessageReceived(
-            conversation_id=conversation_id, message_id=message_id, message=message
-        )
-    )
+def _answer_needed(message: Message, epoch: int) -> bool:
+    """Whether the AI should answer `message` now, after its slow checks ran."""
     conversation = message.conversation
     if not services.ai_should_answer(conversation) or conversation.ai_epoch != epoch:
         return False

@@ -12,7 +12,7 @@ class EscalationConfig(AppConfig):
         from escalation import subscribers
 
         events.subscribe(events.MessagePosted, subscribers.on_message_posted)
-        events.subscribe(events.CustomerMessageReceived, subscribers.on_customer_message_received)
+        events.subscribe(events.CustomerMessagesReceived, subscribers.on_customer_messages_received)
         events.subscribe(events.FeedbackGiven, subscribers.on_feedback)
         events.subscribe(events.HumanRequested, subscribers.on_human_requested)
         events.subscribe(events.ConversationChanged, subscribers.on_conversation_changed)

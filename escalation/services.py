@@ -7,8 +7,12 @@ holds the conversation, and a detector that runs twice raises one flag.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from collections.abc import Sequence
 
 from django.db import transaction
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 
 from conversations import events
 from conversations import services as conversations
@@ -172,36 +176,90 @@ def _score(message: Message) -> float:
     return message.sentiment
 
 
-def message_score_sentiment(*, message: Message) -> Flag | None:
-    """Score a customer message with VADER and flag the conversation if the mood turned.
+def _score_all(messages: Sequence[Message]) -> None:
+    """Score the unscored ones among `messages`, stored in one update whatever their number."""
+    fresh = [message for message in messages if message.sentiment is None]
+    if len(fresh) == 1:
+        _score(fresh[0])
+    elif fresh:
+        for message in fresh:
+            message.sentiment = detectors.sentiment_score(message.text)
+        Message.objects.bulk_update(fresh, ["sentiment"])
 
-    `message` comes with its conversation and service. A flag may hand the conversation
-    off: then `message.conversation` is read again, so that the caller sees it.
+
+def _mood_windows(messages: Sequence[Message]) -> dict[int, list[float]]:
+    """For each customer message, the scores of its conversation's last SENTIMENT_LOOKBACK
+    customer messages up to it, oldest first: one query for all of them."""
+    newest: dict = {}
+    oldest: dict = {}
+    for message in messages:
+        cid = message.conversation_id
+        newest[cid] = max(newest.get(cid, 0), message.seq)
+        oldest[cid] = min(oldest.get(cid, message.seq), message.seq)
+    # An earlier message of a conversation in the batch looks further back than its newest.
+    depth = SENTIMENT_LOOKBACK + max(newest[cid] - oldest[cid] for cid in newest)
+    wanted = Q()
+    for cid, seq in newest.items():
+        wanted |= Q(conversation_id=cid, seq__lte=seq)
+    ranked = (
+        Message.objects.filter(wanted, role=Role.USER)
+        .annotate(
+            recency=Window(
+                RowNumber(), partition_by=[F("conversation_id")], order_by=F("seq").desc()
+            )
+        )
+        .filter(recency__lte=depth)
+        .only("id", "conversation_id", "seq", "text", "sentiment")
+        .order_by("conversation_id", "-seq")
+    )
+    by_conversation: dict = defaultdict(list)
+    for row in ranked:
+        by_conversation[row.conversation_id].append(row)
+    windows = {}
+    for message in messages:
+        rows = [r for r in by_conversation[message.conversation_id] if r.seq <= message.seq]
+        windows[message.pk] = [_score(row) for row in reversed(rows[:SENTIMENT_LOOKBACK])]
+    return windows
+
+
+def message_score_sentiment(*, message: Message) -> Flag | None:
+    """`messages_score_sentiment` for one message: its flag, if it raised one."""
+    flags = messages_score_sentiment(messages=[message])
+    return flags[0] if flags else None
+
+
+def messages_score_sentiment(*, messages: Sequence[Message]) -> list[Flag]:
+    """Score customer messages with VADER and flag each conversation whose mood turned.
+
+    `messages` come with their conversation, service and policy: for any number of them,
+    one update stores the scores and one query reads the mood windows. A flag may hand a
+    conversation off: then `message.conversation` is read again, so that the caller sees it.
     """
-    if message.role != Role.USER:
-        return None
-    _score(message)
-    policy = policy_for(message.conversation.service)
-    recent = list(
-        Message.objects.filter(
-            conversation_id=message.conversation_id, role=Role.USER, seq__lte=message.seq
-        ).order_by("-seq")[:SENTIMENT_LOOKBACK]
-    )
-    scores = [_score(m) for m in reversed(recent)]
-    found = detectors.detect_negative_sentiment(
-        scores, threshold=policy.sentiment_threshold, window=max(policy.sentiment_window, 1)
-    )
-    if not found.matched:
-        return None
-    flag = flag_raise(
-        conversation_id=message.conversation_id,
-        reason=Reason.NEGATIVE_SENTIMENT,
-        message=message,
-        evidence={"rule": found.rule, **found.evidence},
-    )
-    if flag is not None:
-        message.conversation.refresh_from_db()
-    return flag
+    questions = [message for message in messages if message.role == Role.USER]
+    if not questions:
+        return []
+    _score_all(questions)
+    windows = _mood_windows(questions)
+    raised: list[Flag] = []
+    for message in questions:
+        policy = policy_for(message.conversation.service)
+        found = detectors.detect_negative_sentiment(
+            windows[message.pk],
+            threshold=policy.sentiment_threshold,
+            window=max(policy.sentiment_window, 1),
+        )
+        if not found.matched:
+            continue
+        flag = flag_raise(
+            conversation_id=message.conversation_id,
+            reason=Reason.NEGATIVE_SENTIMENT,
+            message=message,
+            evidence={"rule": found.rule, **found.evidence},
+        )
+        if flag is not None:
+            message.conversation.refresh_from_db()
+            raised.append(flag)
+    return raised
 
 
 def _classify(message: Message) -> bool:

@@ -10,7 +10,7 @@ WAITING_CHANGES = {"started", "handed_off", "released", "mode_applied"}
 
 def on_message_posted(event: events.MessagePosted) -> None:
     if event.role == "user":
-        # The mood is scored in the message's own task (`on_customer_message_received`).
+        # The mood is scored in the message's own task (`on_customer_messages_received`).
         services.message_screen(message=event.message)
     elif event.role == "ai":
         # Run where the reply was posted (the AI's task) rather than in a task of its own;
@@ -18,8 +18,8 @@ def on_message_posted(event: events.MessagePosted) -> None:
         services.message_check_answer(message=event.message)
 
 
-def on_customer_message_received(event: events.CustomerMessageReceived) -> None:
-    services.message_score_sentiment(message=event.message)
+def on_customer_messages_received(event: events.CustomerMessagesReceived) -> None:
+    services.messages_score_sentiment(messages=event.messages)
 
 
 def on_feedback(event: events.FeedbackGiven) -> None:

@@ -261,12 +261,13 @@ def test_a_reply_task_reads_its_question_once(question):
     assert question.sentiment is not None  # the mood was scored on the message read once
 
 
-def test_a_batch_reads_its_questions_policies_and_transcripts_once_whatever_its_size(service):
+def test_a_batch_reads_and_scores_its_questions_once_whatever_its_size(service):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     def reads(n: int) -> dict[str, int]:
         visitors = chatting_visitors(service, n)
+        Message.objects.update(sentiment=0.0)  # the first messages' own turns scored them
         posted = services.conversation_post_customer_messages(
             [
                 services.CustomerPost(v, "Where can I download my invoices?", f"q{v.pk}")
@@ -286,11 +287,26 @@ def test_a_batch_reads_its_questions_policies_and_transcripts_once_whatever_its_
             "transcripts": sum(
                 '"conversations_message"."text" AS "text"' in sql for sql in selects
             ),
+            "mood windows": sum("ROW_NUMBER()" in sql for sql in selects),
+            "score updates": sum(
+                q["sql"].startswith('UPDATE "conversations_message" SET "sentiment"')
+                for q in batch.captured_queries
+            ),
         }
 
     EscalationPolicy.objects.get_or_create(service=service)  # as every service has, once used
     small, large = reads(2), reads(6)
-    assert small == large == {"questions": 1, "policies": 0, "transcripts": 1}
+    assert (
+        small
+        == large
+        == {
+            "questions": 1,
+            "policies": 0,
+            "transcripts": 1,
+            "mood windows": 1,
+            "score updates": 1,
+        }
+    )
 
 
 def test_the_batch_task_takes_each_turn_in_order_and_answers_the_last_question(service):
@@ -325,15 +341,15 @@ def test_a_turn_of_a_batch_that_fails_transiently_is_retried_on_its_own(service,
         ]
     )
     turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
-    checked_turn = tasks._checked_turn
+    answer_needed = tasks._answer_needed
 
-    def first_fails(message, conversation_id, message_id, epoch):
-        if message_id == posted[0].message.pk:
+    def first_fails(message, epoch):
+        if message.pk == posted[0].message.pk:
             raise OperationalError("could not serialize access")
-        return checked_turn(message, conversation_id, message_id, epoch)
+        return answer_needed(message, epoch)
 
     later = []
-    monkeypatch.setattr(tasks, "_checked_turn", first_fails)
+    monkeypatch.setattr(tasks, "_answer_needed", first_fails)
     monkeypatch.setattr(
         tasks, "dispatch_later", lambda task, *args, countdown: later.append((task, args))
     )
@@ -379,3 +395,34 @@ def test_each_turn_of_a_batch_gets_the_transcript_up_to_its_own_message(service,
         ["Hi", "m2"],
     ]
     assert requests[0] == selectors.ai_request_for(conversation=one, upto_seq=5)
+
+
+def test_each_message_of_a_batch_is_judged_on_its_own_mood_window(service, monkeypatch):
+    from escalation import services as escalation
+
+    monkeypatch.setattr(escalation, "SENTIMENT_LOOKBACK", 3)
+    first, second = chatting_visitors(service, 2)
+    moods = [
+        "Great, thanks!",
+        "This is awful.",
+        "Terrible, useless service.",
+        "Fine.",
+        "I hate it.",
+    ]
+    for n, text in enumerate(moods, start=2):  # the first conversation: Hi, then seqs 2..6
+        services.conversation_post_customer_message(visitor=first, text=text, client_id=str(n))
+    batch = [m for m in Message.objects.filter(role=Role.USER).order_by("conversation", "seq")]
+    by_seq = {(m.conversation.visitor_id, m.seq): m for m in batch}
+    judged = [by_seq[(first.pk, 3)], by_seq[(second.pk, 1)], by_seq[(first.pk, 6)]]
+
+    escalation._score_all(judged)
+    windows = escalation._mood_windows(judged)
+
+    def alone(message):  # what one message's own query would read
+        recent = Message.objects.filter(
+            conversation=message.conversation, role=Role.USER, seq__lte=message.seq
+        ).order_by("-seq")[:3]
+        return [escalation._score(m) for m in reversed(recent)]
+
+    assert [windows[m.pk] for m in judged] == [alone(m) for m in judged]
+    assert [len(windows[m.pk]) for m in judged] == [3, 1, 3]
