@@ -61,6 +61,18 @@ class CustomerMessagesReceived:
 
 
 @dataclass(frozen=True)
+class AiRepliesDrafted:
+    """AI replies about to be stored, inside the transaction that posts them.
+
+    Delivered with `deliver_now`: a subscriber fills in what it decides about each reply
+    (escalation: whether it is a non-answer), so that the insert stores it and nothing is
+    updated afterwards. It must not touch the database.
+    """
+
+    messages: tuple[Message, ...] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class ConversationChanged:
     conversation_id: UUID
     change: ChangeKind
@@ -90,6 +102,7 @@ class ServiceModeChanged:
 DomainEvent = (
     MessagePosted
     | CustomerMessagesReceived
+    | AiRepliesDrafted
     | ConversationChanged
     | FeedbackGiven
     | HumanRequested

@@ -883,6 +883,8 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
             appended.append(message)
             audits.append(_posted_audit(message, "ai"))
             outcomes.append(message)
+        if appended:
+            events.deliver_now(events.AiRepliesDrafted(messages=tuple(appended)))
         _store_appended(appended, audits)
     return outcomes
 

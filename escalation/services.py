@@ -262,20 +262,27 @@ def messages_score_sentiment(*, messages: Sequence[Message]) -> list[Flag]:
     return raised
 
 
+def _decide_non_answer(message: Message) -> None:
+    found = detectors.detect_non_answer(
+        message.text,
+        confidence=message.confidence,
+        responder_non_answer=(message.evidence or {}).get("non_answer"),
+        threshold=NON_ANSWER_CONFIDENCE,
+    )
+    message.non_answer = found.matched
+    message.evidence = {**(message.evidence or {}), "detector": found.evidence, "rule": found.rule}
+
+
+def replies_classify(*, messages: Sequence[Message]) -> None:
+    """Decide which AI replies about to be stored are non-answers (the insert stores it)."""
+    for message in messages:
+        if message.role == Role.AI and message.non_answer is None:
+            _decide_non_answer(message)
+
+
 def _classify(message: Message) -> bool:
-    if message.non_answer is None:
-        found = detectors.detect_non_answer(
-            message.text,
-            confidence=message.confidence,
-            responder_non_answer=(message.evidence or {}).get("non_answer"),
-            threshold=NON_ANSWER_CONFIDENCE,
-        )
-        message.non_answer = found.matched
-        message.evidence = {
-            **(message.evidence or {}),
-            "detector": found.evidence,
-            "rule": found.rule,
-        }
+    if message.non_answer is None:  # stored unclassified (before an upgrade, or by hand)
+        _decide_non_answer(message)
         Message.objects.filter(pk=message.pk).update(
             non_answer=message.non_answer, evidence=message.evidence
         )

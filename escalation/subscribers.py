@@ -22,6 +22,10 @@ def on_customer_messages_received(event: events.CustomerMessagesReceived) -> Non
     services.messages_score_sentiment(messages=event.messages)
 
 
+def on_ai_replies_drafted(event: events.AiRepliesDrafted) -> None:
+    services.replies_classify(messages=event.messages)
+
+
 def on_feedback(event: events.FeedbackGiven) -> None:
     services.feedback_received(message_id=event.message_id, value=event.value)
 

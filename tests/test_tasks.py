@@ -426,3 +426,24 @@ def test_each_message_of_a_batch_is_judged_on_its_own_mood_window(service, monke
 
     assert [windows[m.pk] for m in judged] == [alone(m) for m in judged]
     assert [len(windows[m.pk]) for m in judged] == [3, 1, 3]
+
+
+def test_the_ai_replies_are_stored_with_their_non_answer_verdict(
+    service, django_capture_on_commit_callbacks
+):
+    visitors = chatting_visitors(service, 2)
+    posted = services.conversation_post_customer_messages(
+        [
+            services.CustomerPost(visitors[0], "How do I reset my password?", "a"),
+            services.CustomerPost(visitors[1], "Can you sing me a song about cats?", "b"),
+        ]
+    )
+    turns = [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
+    with django_capture_on_commit_callbacks(execute=False):  # nothing after the commit
+        tasks.generate_ai_replies.apply(args=[turns]).get()
+    stored = dict(
+        Message.objects.filter(role=Role.AI)
+        .order_by("conversation__visitor_id")
+        .values_list("conversation__visitor_id", "non_answer")
+    )
+    assert stored == {visitors[0].pk: False, visitors[1].pk: True}
