@@ -393,10 +393,7 @@ async def test_a_frame_that_overtakes_another_waits_for_it_instead_of_reading(
     service, transcript_reads
 ):
     async with Widget() as w:
-        await w.hello()
-        await w.say("How do I reset my password?")
-        await w.message(2)
-        await w.settle()  # the status frame, whenever it comes
+        await w.answered_once()
         reads_before = len(transcript_reads)
         (third, fourth), announce = await stored_quietly("third", "fourth")
         await announce(fourth)  # overtakes the third, still in flight
@@ -409,10 +406,7 @@ async def test_a_frame_that_overtakes_another_waits_for_it_instead_of_reading(
 
 async def test_other_frames_that_come_while_messages_are_held_follow_them(service):
     async with Widget() as w:
-        await w.hello()
-        await w.say("How do I reset my password?")
-        await w.message(2)
-        await w.settle()
+        await w.answered_once()
         (third, fourth), announce = await stored_quietly("third", "fourth")
         await announce(fourth)
         await announce({"type": "typing", "on": False, "who": "ai"})
@@ -426,10 +420,7 @@ async def test_a_frame_that_never_comes_is_read_from_the_transcript(
 ):
     monkeypatch.setattr("conversations.consumers.GAP_WAIT", 0.05)
     async with Widget() as w:
-        await w.hello()
-        await w.say("How do I reset my password?")
-        await w.message(2)
-        await w.settle()  # the status frame, whenever it comes
+        await w.answered_once()
         reads_before = len(transcript_reads)
         (_, _, fifth), announce = await stored_quietly("third", "fourth", "fifth")
         await announce(fifth)  # the layer lost the third and the fourth
@@ -451,10 +442,7 @@ async def test_a_socket_that_cannot_read_its_gap_closes_so_that_the_widget_resum
 
     monkeypatch.setattr("conversations.consumers.GAP_WAIT", 0.05)
     async with Widget() as w:
-        await w.hello()
-        await w.say("How do I reset my password?")
-        await w.message(2)
-        await w.settle()
+        await w.answered_once()
 
         def database_gone(self, after_seq):
             raise ConnectionError("database gone")

@@ -71,10 +71,7 @@ async def test_frames_out_of_order_wait_for_each_other_and_a_lost_one_is_read(
 ):
     monkeypatch.setattr("conversations.consumers.GAP_WAIT", 0.2)
     async with Widget() as w:
-        await w.hello()
-        await w.say("How do I reset my password?")
-        await w.message(2)
-        await w.settle()  # the status frame, whenever it comes
+        await w.answered_once()
         reads_before = len(transcript_reads)
         (third, fourth, fifth, sixth), announce = await stored_quietly("3", "4", "5", "6")
         await announce(fourth)

@@ -75,6 +75,13 @@ class Widget:
     async def nothing(self, timeout: float = 0.2) -> bool:
         return await self.communicator.receive_nothing(timeout)
 
+    async def answered_once(self) -> None:
+        """Say hello and a first question; wait for its answer (seq 2) and whatever follows."""
+        await self.hello()
+        await self.say("How do I reset my password?")
+        await self.message(2)
+        await self.settle()
+
     async def settle(self, quiet: float = 0.2) -> None:
         """Receive until nothing has come for `quiet` seconds."""
         while not await self.nothing(quiet):
