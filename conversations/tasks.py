@@ -65,12 +65,8 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     the mood on `CustomerMessagesReceived`); a hand-off that the checks cause is committed
     before the AI would answer. Returns the reply's seq, or None if there is no reply.
     """
-    message = selectors.customer_messages([message_id]).get(message_id)
-    if message is None:
-        logger.info("message %s is gone; no reply", message_id)
-        return None
-    events.deliver_now(events.CustomerMessagesReceived(messages=(message,)))
-    if not _answer_needed(message, epoch):
+    message = _take_up([message_id]).get(message_id)
+    if message is None or not _answer_needed(message, epoch):
         return None
     responder = get_responder()
     if responder.typing_indicator:
@@ -106,21 +102,16 @@ def generate_ai_replies(turns: list[list]) -> list[int | None]:
         return [None] * len(turns)
     seqs: list[int | None] = [None] * len(turns)
     try:
-        messages = selectors.customer_messages(message_id for _, message_id, _ in turns)
-        for _, message_id, _ in turns:
-            if message_id not in messages:
-                logger.info("message %s is gone; no reply", message_id)
-        present = [(index, turn) for index, turn in enumerate(turns) if turn[1] in messages]
-        events.deliver_now(
-            events.CustomerMessagesReceived(messages=tuple(messages[t[1]] for _, t in present))
-        )
+        messages = _take_up([message_id for _, message_id, _ in turns])
     except TRANSIENT:
         for turn in turns:
             _retry_alone(turn)
         return seqs
     checked: list[tuple[int, Message, int]] = []
-    for index, (_, message_id, epoch) in present:
-        message = messages[message_id]
+    for index, (_, message_id, epoch) in enumerate(turns):
+        message = messages.get(message_id)
+        if message is None:
+            continue
         try:
             if _answer_needed(message, epoch):
                 checked.append((index, message, epoch))
@@ -145,6 +136,17 @@ def generate_ai_replies(turns: list[list]) -> list[int | None]:
 def _retry_alone(turn: list) -> None:
     logger.warning("turn on message %s failed; retried on its own", turn[1])
     dispatch_later(generate_ai_reply, *turn, countdown=1)
+
+
+def _take_up(message_ids: list[int]) -> dict[int, Message]:
+    """Read the customer messages and run their slow checks (`CustomerMessagesReceived`)."""
+    messages = selectors.customer_messages(message_ids)
+    for message_id in message_ids:
+        if message_id not in messages:
+            logger.info("message %s is gone; no reply", message_id)
+    taken = tuple(messages[pk] for pk in dict.fromkeys(message_ids) if pk in messages)
+    events.deliver_now(events.CustomerMessagesReceived(messages=taken))
+    return messages
 
 
 def _answer_needed(message: Message, epoch: int) -> bool:
