@@ -36,6 +36,7 @@ from conversations.models import (
     Status,
     Visitor,
 )
+from handoff.db import update_fields
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class BadSeq(HandoffError):
 
 
 class PostAlone(Exception):
-    """A batch of several left this post to be stored on its own: its conversation is held
+    """A group commit left this post to be stored on its own: its conversation is held
     by another transaction (a take-over, say), or it has none yet to lock."""
 
 
@@ -239,11 +240,7 @@ def _store_appended(
     """Store messages from `_next_message` with their conversations' `fields` and the audit
     rows, one statement each whatever their number, and announce the messages after commit."""
     _insert(messages)
-    conversations = list({m.conversation_id: m.conversation for m in messages}.values())
-    if len(conversations) == 1:
-        conversations[0].save(update_fields=fields)
-    elif conversations:
-        Conversation.objects.bulk_update(conversations, fields)  # Django's CASE form
+    update_fields(list({m.conversation_id: m.conversation for m in messages}.values()), fields)
     _insert(audits)
     for message in messages:
         _announce(message)
@@ -534,14 +531,16 @@ def conversation_post_customer_message(
     *, visitor: Visitor, text: object, client_id: object
 ) -> Posted:
     """Store the customer's message once per `client_id` and let the AI answer if it may."""
-    (outcome,) = conversation_post_customer_messages([CustomerPost(visitor, text, client_id)])
+    (outcome,) = conversation_post_customer_messages(
+        [CustomerPost(visitor, text, client_id)], alone=True
+    )
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
 
 
 def conversation_post_customer_messages(
-    posts: Sequence[CustomerPost],
+    posts: Sequence[CustomerPost], *, alone: bool = False
 ) -> list[Posted | Exception]:
     """Store customer messages that arrived together in one transaction (group commit).
 
@@ -549,8 +548,12 @@ def conversation_post_customer_messages(
     raises. However many there are, the batch costs one lock query, one resend check and
     one insert each for messages, counts and audit rows, so a web process under load
     stores what arrived while its previous batch committed at a fraction of the cost per
-    message. If the batch fails in the database, each post is tried alone: one post's
+    message. If the batch fails in the database, each post is tried on its own: one post's
     failure costs the others nothing.
+
+    A batch never waits for a row lock: a post whose conversation another transaction
+    holds (a take-over, say), or that has none yet to lock, gets `PostAlone`, to be posted
+    with `alone=True`, which waits for the lock and starts the conversation.
     """
     outcomes: list[Posted | Exception | None] = [None] * len(posts)
     checked = []
@@ -565,7 +568,7 @@ def conversation_post_customer_messages(
         batch = batches.pop(0)
         try:
             with transaction.atomic():
-                _store_customer_messages(batch, outcomes)
+                _store_customer_messages(batch, outcomes, alone=alone)
         except Exception as error:
             if len(batch) == 1:
                 outcomes[batch[0][0]] = error
@@ -587,16 +590,14 @@ def _share_services(conversations) -> None:
         conversation.service = shared.setdefault(conversation.service_id, conversation.service)
 
 
-def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
+def _store_customer_messages(checked: list[tuple], outcomes: list, *, alone: bool) -> None:
     visitors = {visitor.pk for _, visitor, _, _ in checked}
     # Locked in id order, so that batches in two processes never wait for each other in a
-    # circle. A visitor has at most one open conversation. A batch of several does not wait
-    # for a conversation another transaction holds: its posts are left to be stored alone.
-    several = len(checked) > 1
+    # circle. A visitor has at most one open conversation.
     open_by_visitor = {
         conversation.visitor_id: conversation
         for conversation in Conversation.objects.select_for_update(
-            of=("self",), skip_locked=several
+            of=("self",), skip_locked=not alone
         )
         .select_related("service", "claimed_by")
         .filter(visitor_id__in=visitors, status=Status.OPEN)
@@ -607,7 +608,7 @@ def _store_customer_messages(checked: list[tuple], outcomes: list) -> None:
     stored = _stored_with_client_ids(visitors, {client_id for _, _, client_id, _ in checked})
     appended: list[Message] = []
     for index, visitor, client_id, text in checked:
-        if several and visitor.pk not in open_by_visitor:
+        if not alone and visitor.pk not in open_by_visitor:
             outcomes[index] = PostAlone()
             continue
         repeat = stored.get((visitor.pk, client_id))

@@ -20,6 +20,7 @@ from conversations.models import Conversation, Message, Mode, Role, Service, Sta
 from escalation import detectors
 from escalation.events import FlagRaised
 from escalation.models import EscalationPolicy, Flag, Reason
+from handoff.db import update_fields
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def _score_all(messages: Sequence[Message]) -> None:
     elif fresh:
         for message in fresh:
             message.sentiment = detectors.sentiment_score(message.text)
-        Message.objects.bulk_update(fresh, ["sentiment"])
+        update_fields(fresh, ["sentiment"])
 
 
 def _mood_windows(messages: Sequence[Message]) -> dict[int, list[float]]:

@@ -35,6 +35,15 @@ def _fresh_cache_and_layers():
     channel_layers.backends = {}
 
 
+def sql_verb(sql: str) -> str:
+    """What a statement does: `WITH v AS (VALUES …) UPDATE …` (handoff.db.update_fields) is an
+    UPDATE."""
+    verb = sql.split()[0]
+    if verb == "WITH" and ") UPDATE " in sql:
+        return "UPDATE"
+    return verb
+
+
 def make_service(
     *, slug: str = "support", name: str = "Support", mode: str = Mode.HUMAN_SUPPORTED, **fields
 ) -> Service:
@@ -89,9 +98,9 @@ def batch_sizes(monkeypatch) -> list[int]:
     sizes: list[int] = []
     post = services.conversation_post_customer_messages
 
-    def spy(posts):
+    def spy(posts, **kwargs):
         sizes.append(len(posts))
-        return post(posts)
+        return post(posts, **kwargs)
 
     monkeypatch.setattr(services, "conversation_post_customer_messages", spy)
     return sizes

@@ -15,7 +15,7 @@ from conversations import consumers, services, tasks
 from conversations.models import AuditAction, AuditEvent, Message
 from conversations.services import CustomerPost
 from handoff.db import GroupCommit
-from tests.conftest import chatting_visitors, make_service
+from tests.conftest import chatting_visitors, make_service, sql_verb
 from tests.widget import chatting_widgets
 
 
@@ -101,8 +101,8 @@ def test_a_batch_of_thirty_costs_the_statements_of_one(service):
     assert all(o.created for o in outcomes)
     # Lock, resend check, insert messages, count them, audit them.
     kinds = ["SELECT", "SELECT", "INSERT", "UPDATE", "INSERT"]
-    assert [sql.split()[0] for sql in statements(one)] == kinds
-    assert [sql.split()[0] for sql in statements(thirty)] == kinds
+    assert [sql_verb(sql) for sql in statements(one)] == kinds
+    assert [sql_verb(sql) for sql in statements(thirty)] == kinds
     assert Message.objects.filter(client_id="x").count() == 31
 
 
@@ -274,8 +274,8 @@ def test_the_ais_replies_to_twenty_conversations_cost_the_statements_of_one(serv
 
     # Lock, insert the replies, count them, audit them.
     kinds = ["SELECT", "INSERT", "UPDATE", "INSERT"]
-    assert [sql.split()[0] for sql in statements(one)] == kinds
-    assert [sql.split()[0] for sql in statements(twenty)] == kinds
+    assert [sql_verb(sql) for sql in statements(one)] == kinds
+    assert [sql_verb(sql) for sql in statements(twenty)] == kinds
     assert [m.seq for m in posted] == [3] * 20
     assert Message.objects.filter(role="ai").count() == 21
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from conversations import services
 from conversations.models import AuditAction, AuditEvent, Conversation, Message, Mode, Role, Status
-from tests.conftest import make_service
+from tests.conftest import make_service, sql_verb
 
 pytestmark = pytest.mark.django_db
 
@@ -102,7 +102,7 @@ def test_a_message_in_an_open_conversation_is_stored_in_five_plain_statements(sa
         )
     statements = [q["sql"] for q in stored.captured_queries if "SAVEPOINT" not in q["sql"]]
     # Lock the open conversation, check for a resend, insert, count, audit.
-    assert [sql.split()[0] for sql in statements] == [
+    assert [sql_verb(sql) for sql in statements] == [
         "SELECT",
         "SELECT",
         "INSERT",

@@ -289,7 +289,7 @@ def test_a_batch_reads_and_scores_its_questions_once_whatever_its_size(service):
             ),
             "mood windows": sum("ROW_NUMBER()" in sql for sql in selects),
             "score updates": sum(
-                q["sql"].startswith('UPDATE "conversations_message" SET "sentiment"')
+                'UPDATE "conversations_message" SET "sentiment"' in q["sql"]
                 for q in batch.captured_queries
             ),
         }
