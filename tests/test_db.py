@@ -22,7 +22,7 @@ def test_each_rows_fields_are_saved_in_one_statement(service):
     conversations = list(Conversation.objects.filter(visitor__in=visitors).order_by("pk"))
     untouched = conversations.pop()
     later = timezone.now() + timedelta(hours=1)
-    hostile = ["it's \"quoted\"; DROP TABLE x; --", "émoji 🙂 and a \\ backslash"]
+    hostile = ['it\'s "quoted"; DROP TABLE x; --', "émoji 🙂 and a \\ backslash"]
     for n, conversation in enumerate(conversations):
         conversation.message_count += 10 + n
         conversation.last_activity_at = later + timedelta(minutes=n)
