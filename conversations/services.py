@@ -17,7 +17,7 @@ from typing import Literal
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core import signing
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
@@ -453,29 +453,55 @@ def _open_or_start(*, visitor: Visitor, opening_question: str) -> Conversation:
     existing = _locked_open(visitor)
     if existing is not None:
         return existing
-    service = visitor.service
-    specialist = service.specialists.order_by("position", "name").first()
-    try:
-        # A savepoint: two sockets of one visitor may race to start the conversation.
-        with transaction.atomic():
-            conversation = Conversation.objects.create(
-                service=service,
-                visitor=visitor,
-                specialist=specialist,
-                opening_question=opening_question[:MAX_MESSAGE_LENGTH],
-            )
-    except IntegrityError:
+    started = _start_conversations([(visitor, opening_question)])
+    if not started:  # another socket of the visitor started it meanwhile
         return _locked_open(visitor)
-    _audit(AuditAction.CONVERSATION_STARTED, conversation=conversation, actor_kind="visitor")
-    conversation = _locked(conversation.pk)
-    # Decide on the service row read just now, not `visitor.service`: a socket's visitor caches
-    # its service across mode changes. The insert above waits for a mode change that holds
-    # the service row, so this read sees its outcome.
-    if conversation.service.mode == Mode.HUMAN_ONLY:
-        # Human Only: the conversation waits for a person from its first message, silently.
-        _set_paused(conversation, waiting=True, now=timezone.now())
-    _changed(conversation, "started")
-    return conversation
+    _audit(AuditAction.CONVERSATION_STARTED, conversation=started[0], actor_kind="visitor")
+    return started[0]
+
+
+def _start_conversations(firsts: list[tuple[Visitor, str]]) -> list[Conversation]:
+    """Start a conversation for each (visitor, opening question), in one insert; those it
+    started. A visitor who has an open conversation already (another transaction may hold
+    it) is left out. Their audit rows are the caller's."""
+    if not firsts:
+        return []
+    service_ids = {visitor.service_id for visitor, _ in firsts}
+    specialists = {
+        pk: Specialist.objects.filter(service_id=pk).order_by("position", "name").first()
+        for pk in service_ids
+    }
+    conversations = [
+        Conversation(
+            service_id=visitor.service_id,
+            visitor=visitor,
+            specialist=specialists[visitor.service_id],
+            opening_question=text[:MAX_MESSAGE_LENGTH],
+        )
+        # In visitor order, so that two transactions starting conversations for the same
+        # visitors never wait for each other in a circle.
+        for visitor, text in sorted(firsts, key=lambda first: str(first[0].pk))
+    ]
+    # A visitor's second open conversation is not inserted (one_open_conversation_per_visitor).
+    Conversation.objects.bulk_create(conversations, ignore_conflicts=True)
+    inserted = set(
+        Conversation.objects.filter(pk__in=[c.pk for c in conversations])
+        .order_by()
+        .values_list("pk", flat=True)
+    )
+    conversations = [c for c in conversations if c.pk in inserted]
+    # Decide on service rows read now, not `visitor.service`: a socket's visitor caches its
+    # service across mode changes. The insert waits for a mode change that holds the service
+    # row, so this read sees its outcome.
+    services = Service.objects.in_bulk(service_ids)
+    now = timezone.now()
+    for conversation in conversations:
+        conversation.service = services[conversation.service_id]
+        if conversation.service.mode == Mode.HUMAN_ONLY:
+            # Human Only: the conversation waits for a person from its first message, silently.
+            _set_paused(conversation, waiting=True, now=now)
+        _changed(conversation, "started")
+    return conversations
 
 
 @dataclass(frozen=True)
@@ -606,13 +632,21 @@ def _store_customer_messages(checked: list[tuple], outcomes: list, *, alone: boo
     _share_services(open_by_visitor.values())
     # Checked under the conversations' locks: a twin frame may have just committed.
     stored = _stored_with_client_ids(visitors, {client_id for _, _, client_id, _ in checked})
+    started: list[Conversation] = []
+    if not alone:
+        firsts: dict[int, tuple[Visitor, str]] = {}
+        for _, visitor, client_id, text in checked:
+            if visitor.pk not in open_by_visitor and (visitor.pk, client_id) not in stored:
+                firsts.setdefault(visitor.pk, (visitor, text))
+        started = _start_conversations(list(firsts.values()))
+        open_by_visitor.update((conversation.visitor_id, conversation) for conversation in started)
     appended: list[Message] = []
     for index, visitor, client_id, text in checked:
-        if not alone and visitor.pk not in open_by_visitor:
-            outcomes[index] = PostAlone()
-            continue
         repeat = stored.get((visitor.pk, client_id))
         if repeat is None and visitor.pk not in open_by_visitor:
+            if not alone:
+                outcomes[index] = PostAlone()  # another transaction holds its conversation
+                continue
             # Not a resend of a message stored before the last conversation closed: start one.
             open_by_visitor[visitor.pk] = _open_or_start(visitor=visitor, opening_question=text)
             repeat = _stored_with_client_id(visitor, client_id)  # a twin frame started it
@@ -628,7 +662,15 @@ def _store_customer_messages(checked: list[tuple], outcomes: list, *, alone: boo
         outcomes[index] = Posted(message=message, created=True)
     if not appended:
         return
-    audits = [_posted_audit(message, "visitor") for message in appended]
+    audits = [
+        *(
+            _audit_event(
+                AuditAction.CONVERSATION_STARTED, conversation=conversation, actor_kind="visitor"
+            )
+            for conversation in started
+        ),
+        *(_posted_audit(message, "visitor") for message in appended),
+    ]
     _store_appended(appended, audits, [*APPEND_FIELDS, "opening_question"])
     _enqueue_worker_turns(appended)
 

@@ -11,8 +11,8 @@ import pytest
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
-from conversations import consumers, services, tasks
-from conversations.models import AuditAction, AuditEvent, Message
+from conversations import consumers, events, services, tasks
+from conversations.models import AuditAction, AuditEvent, Conversation, Message, Mode
 from conversations.services import CustomerPost
 from handoff.db import GroupCommit
 from tests.conftest import chatting_visitors, make_service, sql_verb
@@ -46,16 +46,16 @@ def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
                 CustomerPost(b, "Hello?", "b-3"),  # a twin within the batch
                 CustomerPost(c, "   ", "c-1"),
                 CustomerPost(c, "hi", ""),
-                CustomerPost(c, "Hi there", "c-2"),  # no conversation to lock: left alone
+                CustomerPost(c, "Hi there", "c-2"),  # its first: the batch starts a conversation
+                CustomerPost(c, "And my receipts?", "c-3"),
             ]
         )
 
     assert isinstance(outcomes[5], services.EmptyText)
     assert isinstance(outcomes[6], services.BadClientId)
-    assert isinstance(outcomes[7], services.PostAlone)
-    posted = outcomes[:5]
-    assert [p.created for p in posted] == [True, True, True, False, False]
-    assert [p.message.seq for p in posted] == [2, 2, 3, 1, 3]
+    posted = [*outcomes[:5], *outcomes[7:]]
+    assert [p.created for p in posted] == [True, True, True, False, False, True, True]
+    assert [p.message.seq for p in posted] == [2, 2, 3, 1, 3, 1, 2]
     assert posted[3].message.pk == first.message.pk
     assert posted[4].message.pk == posted[2].message.pk
     conversation_a, conversation_b = posted[0].message.conversation, posted[1].message.conversation
@@ -65,7 +65,9 @@ def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
     assert list(
         Message.objects.filter(conversation=conversation_b).order_by("seq").values_list("text")
     ) == [("I can't log in",), ("Still there?",), ("Hello?",)]
-    assert not Message.objects.filter(conversation__visitor=c).exists()
+    conversation_c = Conversation.objects.get(visitor=c)
+    assert (conversation_c.opening_question, conversation_c.message_count) == ("Hi there", 2)
+    assert conversation_c.specialist == service.specialists.order_by("position", "name").first()
     audited = AuditEvent.objects.filter(action=AuditAction.MESSAGE_POSTED, actor_kind="visitor")
     assert sorted((e.conversation_id, e.detail["seq"]) for e in audited) == sorted(
         [
@@ -74,13 +76,17 @@ def test_each_post_of_a_batch_gets_what_posting_it_alone_gives(
             (conversation_b.pk, 1),
             (conversation_b.pk, 2),
             (conversation_b.pk, 3),
+            (conversation_c.pk, 1),
+            (conversation_c.pk, 2),
         ]
     )
+    started = AuditEvent.objects.filter(action=AuditAction.CONVERSATION_STARTED)
+    assert started.filter(conversation=conversation_c, actor_kind="visitor").count() == 1
     # One task for the batch: a worker turn per stored message, none for a resend.
     assert dispatched == [
         (
             tasks.generate_ai_replies,
-            ([[str(p.message.conversation_id), p.message.pk, 0] for p in posted[:3]],),
+            ([[str(p.message.conversation_id), p.message.pk, 0] for p in posted[:3] + posted[5:]],),
         )
     ]
 
@@ -104,6 +110,62 @@ def test_a_batch_of_thirty_costs_the_statements_of_one(service):
     assert [sql_verb(sql) for sql in statements(one)] == kinds
     assert [sql_verb(sql) for sql in statements(thirty)] == kinds
     assert Message.objects.filter(client_id="x").count() == 31
+
+
+@pytest.mark.django_db
+def test_first_messages_start_their_conversations_in_statements_of_one(service):
+    def first_messages(n: int) -> tuple[list, list[str]]:
+        visitors = new_visitors(service, n)
+        with CaptureQueriesContext(connection) as captured:
+            outcomes = services.conversation_post_customer_messages(
+                [CustomerPost(v, f"Hello {i}", "first") for i, v in enumerate(visitors)]
+            )
+        return outcomes, [sql_verb(sql) for sql in statements(captured)]
+
+    one, one_statements = first_messages(1)
+    ten, ten_statements = first_messages(10)
+
+    # Lock (nothing open), resend check, the service's first specialist, insert the
+    # conversations, see which were inserted, read their services; then the messages as
+    # for open conversations.
+    assert ten_statements == one_statements == [
+        "SELECT", "SELECT", "SELECT", "INSERT", "SELECT", "SELECT",
+        "INSERT", "UPDATE", "INSERT",
+    ]  # fmt: skip
+    assert all(o.created and o.message.seq == 1 for o in one + ten)
+    started = Conversation.objects.filter(pk__in=[o.message.conversation_id for o in ten])
+    assert sorted(started.values_list("opening_question", "message_count")) == sorted(
+        (f"Hello {i}", 1) for i in range(10)
+    )
+    assert (
+        AuditEvent.objects.filter(
+            action=AuditAction.CONVERSATION_STARTED, conversation__in=started
+        ).count()
+        == 10
+    )
+
+
+@pytest.mark.django_db
+def test_a_batch_starts_human_only_conversations_waiting_and_announces_each(
+    django_capture_on_commit_callbacks,
+):
+    service = make_service(slug="people", mode=Mode.HUMAN_ONLY)
+    changes = []
+    events.subscribe(events.ConversationChanged, changes.append)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            outcomes = services.conversation_post_customer_messages(
+                [CustomerPost(v, "Hello?", "1") for v in new_visitors(service, 3)]
+            )
+    finally:
+        events.unsubscribe(events.ConversationChanged, changes.append)
+
+    started = Conversation.objects.filter(pk__in=[o.message.conversation_id for o in outcomes])
+    assert started.count() == 3
+    assert all(c.ai_paused and c.waiting_since is not None for c in started)
+    assert sorted((c.conversation_id, c.change) for c in changes) == sorted(
+        (c.pk, "started") for c in started
+    )
 
 
 @pytest.mark.django_db
