@@ -300,8 +300,8 @@ class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
         try:
             posted = await customer_messages.submit(post)
         except services.PostAlone:
-            # Its conversation is locked (a take-over, say) or yet to start: on a thread of
-            # its own, so that the batch does not wait for it.
+            # Its conversation is locked (a take-over, say), or another socket of the visitor
+            # started one meanwhile: on a thread of its own, so that no batch waits for it.
             posted = await db(services.conversation_post_customer_message)(
                 visitor=post.visitor, text=post.text, client_id=post.client_id
             )

@@ -135,7 +135,7 @@ class BadSeq(HandoffError):
 
 class PostAlone(Exception):
     """A group commit left this post to be stored on its own: its conversation is held
-    by another transaction (a take-over, say), or it has none yet to lock."""
+    by another transaction (a take-over, say), or was started by one meanwhile."""
 
 
 class BadClientId(HandoffError):
@@ -577,9 +577,10 @@ def conversation_post_customer_messages(
     message. If the batch fails in the database, each post is tried on its own: one post's
     failure costs the others nothing.
 
-    A batch never waits for a row lock: a post whose conversation another transaction
-    holds (a take-over, say), or that has none yet to lock, gets `PostAlone`, to be posted
-    with `alone=True`, which waits for the lock and starts the conversation.
+    A batch starts the conversations of first messages itself, and never waits for a row
+    lock: a post whose conversation another transaction holds (a take-over, say) gets
+    `PostAlone`, to be posted with `alone=True`, which waits for the lock. (Starting one
+    waits only for another transaction starting one for the same visitor: a twin frame.)
     """
     outcomes: list[Posted | Exception | None] = [None] * len(posts)
     checked = []
