@@ -5,19 +5,18 @@ from __future__ import annotations
 import importlib
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "handoff.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.core.signals import request_finished  # noqa: E402
 
-from handoff.db import close_request_connection  # noqa: E402
+from handoff.http import RequestHandler  # noqa: E402
 from handoff.routing import websocket_urlpatterns  # noqa: E402
 
-request_finished.connect(close_request_connection)
+django_asgi_app = RequestHandler()
 
 
 def _patch(module: str, owner: str, name: str, replacement) -> None:

@@ -71,20 +71,6 @@ def update_fields(rows: Sequence[models.Model], fields: Sequence[str]) -> None:
         cursor.execute(sql, params)
 
 
-def close_request_connection(**kwargs) -> None:
-    """At the end of an HTTP request, close the connection of its thread.
-
-    Under ASGI each request's sync code runs in a thread of its own that ends with the
-    request: a persistent connection left there would stay open, unused, until the thread's
-    objects are collected (measured: 62 connections after 125 requests on one daphne
-    process). Connected to `request_finished` by handoff/asgi.py. A connection inside a
-    transaction (a test's) is left alone.
-    """
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close()
-
-
 class DirectDispatch:
     """A consumer mixin: run each handler without Channels' hop to close old connections.
 

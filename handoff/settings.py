@@ -121,10 +121,9 @@ TEMPLATES = [
 
 if DATABASE_URL:
     # Persistent connections, one per thread that does database work: the few threads that
-    # serve the sockets (handoff/db.py) and each Celery worker process keep theirs between
-    # calls (Django replaces one that is broken or older than this); daphne's per-request
-    # threads close theirs when the request ends (handoff.db.close_request_connection),
-    # since each request has a thread of its own that ends with it.
+    # serve the sockets (handoff/db.py), the HTTP_THREADS request threads (handoff/http.py)
+    # and each Celery worker process keep theirs between calls (Django replaces one that is
+    # broken or older than this).
     DATABASES = {
         "default": dj_database_url.parse(
             DATABASE_URL,
@@ -298,6 +297,9 @@ CONSOLE_REAUTH_SECONDS = envint("CONSOLE_REAUTH_SECONDS", 20, minimum=1)
 if CONSOLE_REAUTH_SECONDS > 60:
     raise ImproperlyConfigured("CONSOLE_REAUTH_SECONDS must be at most 60")
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+# HTTP requests a web process runs at once, each on a long-lived thread with its own database
+# connection (handoff.http); more wait their turn on the event loop.
+HANDOFF_HTTP_THREADS = envint("HTTP_THREADS", 2, minimum=1)
 GEOIP_PATH = env("GEOIP_PATH") or None
 
 LOGGING = {

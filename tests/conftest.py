@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 
 import pytest
@@ -388,13 +389,11 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture(scope="session")
-def live_server_url(django_db_setup, django_db_blocker):
-    """The product served by a real daphne process on the embedded layer and test database."""
+@contextlib.contextmanager
+def daphne_process(env: dict[str, str], *, frame_limit: int = 65536, output=None):
+    """(base URL, process) of daphne run as the Procfile runs it, stopped on the way out."""
     import subprocess
     import sys
-
-    from django.conf import settings
 
     port = _free_port()
     proc = subprocess.Popen(
@@ -407,23 +406,32 @@ def live_server_url(django_db_setup, django_db_blocker):
             "-p",
             str(port),
             "--websocket-max-message-size",
-            "65536",
+            str(frame_limit),
             "handoff.asgi:application",
         ],
-        env=server_env(settings, redis=False),
-        stdout=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
         _wait_for(lambda: _port_open(port), timeout=30, what="daphne", proc=proc)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker):
+    """The product served by a real daphne process on the embedded layer and test database."""
+    from django.conf import settings
+
+    with daphne_process(server_env(settings, redis=False)) as (url, _):
+        yield url
 
 
 CHROMIUM_ARGS = [

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 import pytest
 import websockets
 from channels.db import database_sync_to_async
+from django.db import connection
+from rest_framework.authtoken.models import Token
 
-from tests.conftest import make_service
+from tests.conftest import daphne_process, make_service, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -107,3 +111,35 @@ def test_simulate_drives_customers_through_the_real_socket(service, live_server_
     assert "3 customers sent 6 messages" in out.getvalue()
     assert Conversation.objects.count() == 3
     assert Message.objects.filter(role="user").count() == 6
+
+
+def test_a_burst_of_requests_is_served_by_a_few_threads_that_keep_their_connections(
+    agent, settings
+):
+    """Fifty agents at once: no thread and no database connection of their own each."""
+    token = Token.objects.create(user=agent).key
+    env = {**server_env(settings, redis=False), "HTTP_THREADS": "3"}
+
+    def backends_since(started) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND backend_start > %s",
+                [started],
+            )
+            return cursor.fetchone()[0]
+
+    async def burst(url: str) -> list[int]:
+        headers = {"Authorization": f"Token {token}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+            answers = await asyncio.gather(*(http.get("/api/v1/stats/") for _ in range(50)))
+        return [answer.status_code for answer in answers]
+
+    with daphne_process(env) as (url, _):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT now()")
+            (started,) = cursor.fetchone()
+        assert asyncio.run(burst(url)) == [200] * 50
+        assert asyncio.run(burst(url)) == [200] * 50
+        # Still open after the requests: at most one per request thread.
+        assert 1 <= backends_since(started) <= 3

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from rest_framework.test import APIClient
 from conversations import consumers, services
 from conversations.models import AuditEvent, Conversation, Message, Role, Service
 from handoff.asgi import application
-from tests.conftest import _free_port, _port_open, _wait_for, make_service, server_env
+from tests.conftest import daphne_process, make_service, server_env
 from tests.console import Console, session_cookie
 from tests.widget import Widget
 
@@ -48,35 +47,10 @@ def service(transactional_db) -> Service:
 @pytest.fixture(scope="module")
 def daphne(django_db_setup) -> Iterator[tuple[str, int]]:
     """(ws base URL, pid) of daphne as the Procfile runs it, capped at 5 sockets an address."""
-    port = _free_port()
     env = server_env(django_settings, redis=False)
     env["WIDGET_MAX_SOCKETS_PER_IP"] = str(MAX_SOCKETS)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--websocket-max-message-size",
-            str(FRAME_LIMIT),
-            "handoff.asgi:application",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_for(lambda: _port_open(port), timeout=30, what="daphne", proc=proc)
-        yield f"ws://127.0.0.1:{port}", proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with daphne_process(env, frame_limit=FRAME_LIMIT, output=subprocess.DEVNULL) as (url, proc):
+        yield url.replace("http://", "ws://"), proc.pid
 
 
 def rss_kib(pid: int) -> int:

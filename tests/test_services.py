@@ -7,6 +7,8 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from conversations import services
@@ -171,6 +173,17 @@ def test_a_second_agent_cannot_take_over_and_learns_who_holds_it(say, agent, age
         services.conversation_take_over(conversation=conversation, agent=agent2)
     assert excinfo.value.code == "already_claimed"
     assert "Alice" in excinfo.value.detail
+
+
+def test_a_take_over_of_a_held_conversation_is_refused_on_one_read(say, agent, agent2):
+    """The losers of a race after the winner's commit: no transaction, no lock wait."""
+    conversation = say("help").conversation
+    services.conversation_take_over(conversation=conversation, agent=agent)
+    with CaptureQueriesContext(connection) as queries:
+        with pytest.raises(services.AlreadyClaimed):
+            services.conversation_take_over(conversation=conversation, agent=agent2)
+        services.conversation_take_over(conversation=conversation, agent=agent)
+    assert [sql_verb(q["sql"]) for q in queries.captured_queries] == ["SELECT", "SELECT"]
 
 
 def test_taking_over_twice_as_the_same_agent_changes_nothing(say, agent):
