@@ -26,21 +26,31 @@ def ensure_started() -> None:
     _task = asyncio.get_running_loop().create_task(_run())
 
 
-async def _run() -> None:
+def scheduled() -> list[tuple]:
+    """Each periodic task with its interval in seconds, its module imported first.
+
+    A Celery worker imports every app's `tasks` module when it starts; a web process has
+    imported only those its code touched, and the others would not be registered.
+    """
     from celery import current_app
 
-    entries = [
-        (entry["task"], float(entry["schedule"]))
+    current_app.loader.import_default_modules()
+    return [
+        (current_app.tasks[entry["task"]], float(entry["schedule"]))
         for entry in settings.CELERY_BEAT_SCHEDULE.values()
     ]
+
+
+async def _run() -> None:
+    entries = scheduled()
     tick = min(interval for _, interval in entries)
     elapsed = 0.0
     while True:
         await asyncio.sleep(tick)
         elapsed += tick
-        for name, interval in entries:
+        for task, interval in entries:
             if elapsed % interval < tick:
                 try:
-                    await sync_to_async(current_app.tasks[name].apply, thread_sensitive=True)()
+                    await sync_to_async(task.apply, thread_sensitive=True)()
                 except Exception:
-                    logger.exception("periodic task %s failed", name)
+                    logger.exception("periodic task %s failed", task.name)

@@ -158,3 +158,28 @@ async def test_a_slow_ai_reply_never_holds_up_other_customers(slow_ai_server):
         assert reply["text"] == "Done."
     finally:
         await first.close()
+
+
+def test_the_in_process_schedule_finds_every_periodic_task_in_a_fresh_web_process():
+    """A web process imports only the task modules its code touched; beat needs them all."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE"}
+    }
+    script = (
+        "import handoff.asgi\n"
+        "from django.conf import settings\n"
+        "from handoff import inprocess_beat\n"
+        "assert settings.HANDOFF_INPROCESS_BEAT\n"
+        "print(sorted(task.name for task, _ in inprocess_beat.scheduled()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    from django.conf import settings
+
+    expected = sorted(entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values())
+    assert result.stdout.strip() == str(expected)
+    assert "escalation.tasks.score_unscored_messages" in expected
