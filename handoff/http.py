@@ -35,6 +35,7 @@ class RequestHandler(ASGIHandler):
         super().__init__()
         self.load_middleware(is_async=False)
         self._free: asyncio.Queue[ThreadPoolExecutor] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -51,9 +52,10 @@ class RequestHandler(ASGIHandler):
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
 
     def _threads(self) -> asyncio.Queue[ThreadPoolExecutor]:
-        # Made on first use, inside the server's event loop.
-        if self._free is None:
-            self._free = asyncio.Queue()
+        # Made in the server's event loop on first use (a queue belongs to one loop).
+        loop = asyncio.get_running_loop()
+        if self._free is None or self._loop is not loop:
+            self._loop, self._free = loop, asyncio.Queue()
             for n in range(settings.HANDOFF_HTTP_THREADS):
                 self._free.put_nowait(
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{n}")

@@ -86,3 +86,17 @@ async def test_a_failing_view_answers_500_and_gives_its_thread_back(handler, set
         after = await http.get("/thread/")
     assert (failed.status_code, missing.status_code, after.status_code) == (500, 404, 200)
     assert after.json()["thread"] == "http-0_0"
+
+
+def test_one_handler_serves_requests_from_one_event_loop_after_another(handler, settings):
+    """The server has one loop; tests and the development server may start several."""
+    settings.HANDOFF_HTTP_THREADS = 1
+    one_thread = RequestHandler()
+
+    async def burst() -> set[int]:
+        async with client(one_thread) as http:
+            answers = await asyncio.gather(*(http.get("/thread/") for _ in range(3)))
+        return {answer.status_code for answer in answers}
+
+    assert asyncio.run(burst()) == {200}
+    assert asyncio.run(burst()) == {200}
