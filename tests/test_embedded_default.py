@@ -21,13 +21,15 @@ from tests.conftest import _free_port, _port_open, _wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def embedded_env() -> dict[str, str]:
+    """This environment without what would take the product off its embedded default."""
+    dropped = {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE"}
+    return {k: v for k, v in os.environ.items() if k not in dropped}
+
+
 def start_embedded(tmp_path_factory, **extra_env: str):
     """Migrate, seed and serve a fresh embedded-default product; yields its port."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE"}
-    }
+    env = embedded_env()
     env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("embedded") / "db.sqlite3")
     env.update(extra_env)
     manage = [sys.executable, "manage.py"]
@@ -162,11 +164,6 @@ async def test_a_slow_ai_reply_never_holds_up_other_customers(slow_ai_server):
 
 def test_the_in_process_schedule_finds_every_periodic_task_in_a_fresh_web_process():
     """A web process imports only the task modules its code touched; beat needs them all."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE"}
-    }
     script = (
         "import handoff.asgi\n"
         "from django.conf import settings\n"
@@ -175,7 +172,7 @@ def test_the_in_process_schedule_finds_every_periodic_task_in_a_fresh_web_proces
         "print(sorted(task.name for task, _ in inprocess_beat.scheduled()))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-c", script], cwd=ROOT, env=embedded_env(), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     from django.conf import settings
