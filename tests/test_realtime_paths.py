@@ -73,13 +73,3 @@ async def test_layer_messages_from_sync_code_arrive_in_order_without_waiting(red
     await asyncio.to_thread(send_from_a_thread_without_an_event_loop)
     received = [(await channel_layer.receive(channel))["n"] for _ in range(100)]
     assert received == list(range(100))
-
-
-def test_an_http_request_gives_its_thread_connection_back(client, agent):
-    client.force_login(agent)
-    connection.ensure_connection()
-    assert connection.connection is not None
-    response = client.get("/api/v1/conversations/")
-    assert response.status_code == 200
-    # The request's thread ends with the request: its connection must not stay open.
-    assert connection.connection is None
