@@ -966,12 +966,12 @@ def _reply_dropped_because(
 
 def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUser) -> Conversation:
     """Claim the conversation for `agent`: exactly one of any number of racing agents wins."""
-    # Someone already holding it is seen on a plain read: the losers of a race that get here
-    # after the winner's commit answer with one query, not a transaction and a lock wait.
-    # (A held conversation's service is not AI Only: switching to it releases every claim.)
-    held = _held(conversation.pk, agent)
-    if held is not None:
-        return held
+    # Someone already holding an open conversation is seen on a plain read: the losers of a
+    # race that get here after the winner's commit answer with one query, not a transaction
+    # and a lock wait. (Its service is not AI Only: switching to it releases every claim.)
+    current = Conversation.objects.select_related("service", "claimed_by").get(pk=conversation.pk)
+    if current.status == Status.OPEN and current.claimed_by_id is not None:
+        return _claim_settled(current, agent)
     with transaction.atomic():
         if _shared_service_mode(conversation.service_id) == Mode.AI_ONLY:
             raise ModeDisallows("Agents cannot take over conversations in AI Only mode.")
@@ -994,10 +994,12 @@ def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUse
         if not won:
             # The update waited for the winner and saw its commit; a plain read sees it too.
             # No lock: the losers of a race answer side by side instead of one by one.
-            held = _held(conversation.pk, agent)
-            if held is None:  # claimed and given up again in the meantime
-                raise AlreadyClaimed("A colleague")
-            return held
+            conversation = Conversation.objects.select_related("service", "claimed_by").get(
+                pk=conversation.pk
+            )
+            if conversation.status != Status.OPEN:
+                raise ConversationClosed()
+            return _claim_settled(conversation, agent)
         conversation = _locked(conversation.pk)
         name = protocol.display_name(agent)
         _append(conversation, role=Role.SYSTEM, text=TEXT_JOINED.format(name=name))
@@ -1006,18 +1008,12 @@ def conversation_take_over(*, conversation: Conversation, agent: AbstractBaseUse
     return conversation
 
 
-def _held(pk, agent: AbstractBaseUser) -> Conversation | None:
-    """None if the conversation is open and unclaimed; itself if `agent` holds it already.
-
-    Raises `ConversationClosed`, or `AlreadyClaimed` naming the colleague who holds it.
-    """
-    conversation = Conversation.objects.select_related("service", "claimed_by").get(pk=pk)
-    if conversation.status != Status.OPEN:
-        raise ConversationClosed()
-    if conversation.claimed_by_id is None:
-        return None
+def _claim_settled(conversation: Conversation, agent: AbstractBaseUser) -> Conversation:
+    """A take-over of an open conversation someone holds: itself if it is `agent`."""
     if conversation.claimed_by_id == agent.pk:
         return conversation
+    if conversation.claimed_by_id is None:  # claimed and given up again meanwhile
+        raise AlreadyClaimed("A colleague")
     raise AlreadyClaimed(protocol.display_name(conversation.claimed_by))
 
 

@@ -204,6 +204,17 @@ def test_agents_cannot_take_over_in_ai_only_mode(db, agent, django_capture_on_co
         services.conversation_take_over(conversation=conversation, agent=agent)
 
 
+def test_a_closed_conversation_still_held_answers_the_mode_first(say, service, agent, agent2):
+    """The same answer as before any claim: AI Only mode is checked before the status."""
+    conversation = say("hi").conversation
+    services.conversation_take_over(conversation=conversation, agent=agent)
+    services.conversation_close(conversation=conversation, user=agent)
+    services.service_set_mode(service=service, mode=Mode.AI_ONLY, user=None)
+    conversation.refresh_from_db()
+    with pytest.raises(services.ModeDisallows):
+        services.conversation_take_over(conversation=conversation, agent=agent2)
+
+
 def test_a_closed_conversation_cannot_be_taken_over(say, agent, visitor):
     conversation = say("hi").conversation
     services.conversation_end_by_customer(visitor=visitor)
