@@ -32,10 +32,12 @@ class RequestHandler(ASGIHandler):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.load_middleware(is_async=False)
         self._free: asyncio.Queue[ThreadPoolExecutor] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        super().__init__()
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)  # the sync chain, whatever the server
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
