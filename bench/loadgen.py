@@ -178,6 +178,8 @@ class Sent:
     at: float
     in_window: bool
     seq: int | None = None
+    # When the widget's echo of it came: sent once the message is committed.
+    echoed_at: float | None = None
 
 
 @dataclass
@@ -232,7 +234,9 @@ class Customer:
                 kind = frame.get("type")
                 if kind == "message":
                     if frame["role"] == "user" and frame.get("client_id") in self.by_client:
-                        self.by_client[frame["client_id"]].seq = frame["seq"]
+                        sent = self.by_client[frame["client_id"]]
+                        sent.seq = frame["seq"]
+                        sent.echoed_at = sent.echoed_at or at
                     elif frame["role"] == "ai":
                         self.ai_frames.append((frame["seq"], at))
                         self.last_ai_seq = frame["seq"]
@@ -573,6 +577,7 @@ def summarise(
 ) -> dict:
     """Turn what the sockets saw into latencies and losses."""
     latencies: list[float] = []
+    echoes: list[float] = []
     by_second: dict[int, list[float]] = {}
     lost = unacknowledged = measured = 0
     for customer in customers:
@@ -583,6 +588,8 @@ def summarise(
             if sent.seq is None or customer.conversation_id is None:
                 unacknowledged += 1
                 continue
+            if sent.echoed_at is not None:
+                echoes.append(sent.echoed_at - sent.at)
             for console in consoles:
                 seen = console.first_count_at(customer.conversation_id, sent.seq)
                 if seen is None:
@@ -607,6 +614,9 @@ def summarise(
                 for second, values in sorted(by_second.items())
             ],
         },
+        # Sent -> the widget's own echo, sent once the message is committed: the part of
+        # the fan-out latency before the console pipeline starts.
+        "echo": percentiles(echoes),
         "updates_in_window": sum(
             n for c in consoles for at, n in c.frames if window[0] <= at <= window[1]
         ),

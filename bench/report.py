@@ -203,11 +203,14 @@ def table(result: dict) -> str:
         if not data:
             continue
         ai, att = data["ai_reply"], data["attention"]
+        echo = data.get("echo") or {}
         races = data.get("races", [])
         reach = [r["all_consoles_ms"] for r in races]
         rows.append(
             [
                 entry["load"]["name"],
+                _ms(echo, "p50"),
+                _ms(echo, "p99"),
                 _ms(ai, "p50"),
                 _ms(ai, "p99"),
                 ai["missing"],
@@ -227,11 +230,16 @@ def table(result: dict) -> str:
         )
     if rows:
         out.append("")
-        out.append("AI replies, thumbs-down -> attention, take-over races (ms), vs bare")
+        out.append(
+            "Echo (message sent -> committed and echoed to its widget), AI replies, "
+            "thumbs-down -> attention, take-over races (ms), vs bare"
+        )
         out.append(
             _grid(
                 [
                     "load",
+                    "echo p50",
+                    "echo p99",
                     "AI p50",
                     "AI p99",
                     "AI missing",

@@ -88,6 +88,9 @@ def test_a_smoke_run_reports_every_measurement_and_loses_nothing(smoke_run):
         assert "loadgen" in side["cpu_s"]
         assert side["errors"] == {} and side["closed"] == 0
     assert product["ai_reply"]["samples"] > 0 and product["ai_reply"]["missing"] == 0
+    # Every message was echoed to its widget, before its card reached the consoles.
+    assert product["echo"]["samples"] == product["messages_in_window"]
+    assert product["echo"]["p50"] <= product["fanout"]["p50"]
     assert product["attention"]["feedbacks"] == 1 and product["attention"]["lost"] == 0
     [race] = product["races"]
     assert race["statuses"]["200"] == 1 and race["missing"] == 0
