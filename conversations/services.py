@@ -315,14 +315,15 @@ def _set_paused(conversation: Conversation, *, waiting: bool, now: datetime) -> 
 
 def _enqueue_worker_turns(messages: list[Message]) -> None:
     """After commit, the worker's turn on each customer message: its slow checks, then the
-    AI's answer. One task for the messages of one batch."""
+    AI's answer. One task for the messages of one batch, enqueued without waiting for the
+    broker (the next batch would wait for it)."""
     from conversations import tasks
 
     turns = [[str(m.conversation_id), m.pk, m.conversation.ai_epoch] for m in messages]
     if len(turns) == 1:
-        transaction.on_commit(lambda: tasks.dispatch(tasks.generate_ai_reply, *turns[0]))
+        transaction.on_commit(lambda: tasks.dispatch_soon(tasks.generate_ai_reply, *turns[0]))
     else:
-        transaction.on_commit(lambda: tasks.dispatch(tasks.generate_ai_replies, turns))
+        transaction.on_commit(lambda: tasks.dispatch_soon(tasks.generate_ai_replies, turns))
 
 
 def ai_should_answer(conversation: Conversation) -> bool:
@@ -493,7 +494,7 @@ def _start_conversations(firsts: list[tuple[Visitor, str]]) -> list[Conversation
     # Decide on service rows read now, not `visitor.service`: a socket's visitor caches its
     # service across mode changes. The insert waits for a mode change that holds the service
     # row, so this read sees its outcome.
-    services = Service.objects.in_bulk(service_ids)
+    services = Service.objects.select_related("escalation_policy").in_bulk(service_ids)
     now = timezone.now()
     for conversation in conversations:
         conversation.service = services[conversation.service_id]
@@ -626,7 +627,8 @@ def _store_customer_messages(checked: list[tuple], outcomes: list, *, alone: boo
         for conversation in Conversation.objects.select_for_update(
             of=("self",), skip_locked=not alone
         )
-        .select_related("service", "claimed_by")
+        # With the escalation policy, which screening reads after commit.
+        .select_related("service__escalation_policy", "claimed_by")
         .filter(visitor_id__in=visitors, status=Status.OPEN)
         .order_by("pk")
     }

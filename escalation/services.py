@@ -37,6 +37,7 @@ def policy_for(service: Service) -> EscalationPolicy:
         return service.escalation_policy
     except EscalationPolicy.DoesNotExist:
         policy, _ = EscalationPolicy.objects.get_or_create(service=service)
+        service.escalation_policy = policy  # read once per service object, like a found one
         return policy
 
 

@@ -398,7 +398,7 @@ def test_a_batch_counts_each_visitors_messages_in_one_window(service, settings, 
 
 
 @pytest.mark.django_db
-def test_a_batch_screens_its_messages_reading_the_escalation_policy_once(
+def test_a_batch_screens_its_messages_with_the_policy_read_in_its_locking_query(
     service, django_capture_on_commit_callbacks
 ):
     from escalation.services import policy_for
@@ -417,6 +417,9 @@ def test_a_batch_screens_its_messages_reading_the_escalation_policy_once(
     assert all(o.created for o in outcomes)
     assert len(screening) == 12
     policy_reads = [
-        q for q in queries.captured_queries if "escalation_escalationpolicy" in q["sql"]
+        q["sql"] for q in queries.captured_queries if "escalation_escalationpolicy" in q["sql"]
     ]
-    assert len(policy_reads) == 1
+    # No query of its own: the policy came with the conversations the batch locked.
+    assert len(policy_reads) == 1 and "FOR UPDATE" in policy_reads[0]
+    kinds = ["SELECT", "SELECT", "INSERT", "UPDATE", "INSERT"]
+    assert [sql_verb(sql) for sql in statements(queries)] == kinds
