@@ -13,6 +13,7 @@ from conversations import events, protocol, selectors, services
 from conversations.ai import get_responder
 from conversations.ai.base import AIRequest
 from conversations.models import Conversation, Message
+from handoff.broker import publisher
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ def _run_beside_server(task, args: tuple) -> bool:
     run = sync_to_async(task.apply, thread_sensitive=False)
     loop.call_soon_threadsafe(lambda: loop.create_task(run(args=args)))
     return True
+
+
+def dispatch_soon(task, *args) -> None:
+    """Enqueue `task` from this process's publisher thread: the caller does not wait for
+    the broker (a web process's batch, whose commit hooks hold up the next one)."""
+    if task.app.conf.task_always_eager:
+        dispatch(task, *args)
+    else:
+        publisher.apply_async(task, args)
 
 
 def dispatch_later(task, *args, countdown: int) -> None:
