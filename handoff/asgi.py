@@ -14,6 +14,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from handoff.http import RequestHandler  # noqa: E402
+from handoff.memory import settle_collector  # noqa: E402
 from handoff.routing import websocket_urlpatterns  # noqa: E402
 
 django_asgi_app = RequestHandler()
@@ -102,3 +103,6 @@ application = ProtocolTypeRouter(
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# Everything start-up made stays for the life of the process: out of the collector's way.
+settle_collector()

@@ -59,6 +59,14 @@ def _survive_broker_loss_with_tasks_in_flight() -> None:
 _survive_broker_loss_with_tasks_in_flight()
 
 
+@signals.worker_init.connect
+def _settle_collector(**kwargs) -> None:
+    """Before the pool forks: its processes share what start-up made, frozen (handoff/memory.py)."""
+    from handoff.memory import settle_collector
+
+    settle_collector()
+
+
 @signals.worker_process_shutdown.connect
 def _send_what_is_queued(**kwargs) -> None:
     from dashboard.broadcast import outbox

@@ -300,6 +300,27 @@ TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
 # HTTP requests a web process runs at once, each on a long-lived thread with its own database
 # connection (handoff.http); more wait their turn on the event loop.
 HANDOFF_HTTP_THREADS = envint("HTTP_THREADS", 2, minimum=1)
+
+
+def gc_thresholds(name: str, default: str) -> tuple[int, int, int] | None:
+    raw = env(name, default).strip().lower()
+    if raw in {"off", "python"}:
+        return None
+    try:
+        values = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or values[0] < 1 or min(values) < 0:
+        raise ImproperlyConfigured(
+            f"{name} must be three counts like 10000,10,10 (or off), not {raw!r}"
+        )
+    return values
+
+
+# The garbage collector of the web and worker processes (handoff/memory.py): what start-up
+# made is frozen, and the generations are collected at these thresholds; "off" keeps
+# Python's (700,10,10) and freezes nothing.
+HANDOFF_GC_THRESHOLDS = gc_thresholds("GC_THRESHOLDS", "10000,10,10")
 GEOIP_PATH = env("GEOIP_PATH") or None
 
 LOGGING = {

@@ -27,4 +27,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ALLOWED_HOSTS = ["*"]
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+# The suite keeps Python's garbage collector: it collects the connections of finished
+# threads promptly (tests/test_memory.py proves the servers' settings in their own processes).
+HANDOFF_GC_THRESHOLDS = None
 TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
