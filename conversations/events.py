@@ -76,6 +76,10 @@ class AiRepliesDrafted:
 class ConversationChanged:
     conversation_id: UUID
     change: ChangeKind
+    # Whether the change left the conversation paused with nobody holding it, where the
+    # publisher knows (a conversation started in an AI mode is not): subscribers need not
+    # read it to find out. None: read it.
+    paused_unheld: bool | None = None
 
 
 @dataclass(frozen=True)

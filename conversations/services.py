@@ -300,8 +300,14 @@ def _append(
     return message
 
 
-def _changed(conversation: Conversation, change: events.ChangeKind) -> None:
-    events.publish(events.ConversationChanged(conversation_id=conversation.id, change=change))
+def _changed(
+    conversation: Conversation, change: events.ChangeKind, *, paused_unheld: bool | None = None
+) -> None:
+    events.publish(
+        events.ConversationChanged(
+            conversation_id=conversation.id, change=change, paused_unheld=paused_unheld
+        )
+    )
     transaction.on_commit(lambda: protocol.send_status(conversation))
 
 
@@ -501,7 +507,8 @@ def _start_conversations(firsts: list[tuple[Visitor, str]]) -> list[Conversation
         if conversation.service.mode == Mode.HUMAN_ONLY:
             # Human Only: the conversation waits for a person from its first message, silently.
             _set_paused(conversation, waiting=True, now=now)
-        _changed(conversation, "started")
+        # A batch may start dozens: none of them need be read again to see if it waits.
+        _changed(conversation, "started", paused_unheld=conversation.ai_paused)
     return conversations
 
 

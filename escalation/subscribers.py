@@ -37,5 +37,5 @@ def on_human_requested(event: events.HumanRequested) -> None:
 
 
 def on_conversation_changed(event: events.ConversationChanged) -> None:
-    if event.change in WAITING_CHANGES:
+    if event.change in WAITING_CHANGES and event.paused_unheld is not False:
         services.conversation_flag_waiting(conversation_id=event.conversation_id)

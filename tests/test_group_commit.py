@@ -14,6 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from conversations import consumers, events, services, tasks
 from conversations.models import AuditAction, AuditEvent, Conversation, Message, Mode
 from conversations.services import CustomerPost
+from escalation.models import Flag, Reason
+from escalation.services import policy_for
 from handoff.db import GroupCommit
 from tests.conftest import chatting_visitors, make_service, sql_verb
 from tests.widget import chatting_widgets
@@ -163,9 +165,33 @@ def test_a_batch_starts_human_only_conversations_waiting_and_announces_each(
     started = Conversation.objects.filter(pk__in=[o.message.conversation_id for o in outcomes])
     assert started.count() == 3
     assert all(c.ai_paused and c.waiting_since is not None for c in started)
-    assert sorted((c.conversation_id, c.change) for c in changes) == sorted(
-        (c.pk, "started") for c in started
+    assert sorted((c.conversation_id, c.change, c.paused_unheld) for c in changes) == sorted(
+        (c.pk, "started", True) for c in started
     )
+    # Each waits for a person in the queue.
+    assert Flag.objects.filter(conversation__in=started, reason=Reason.AWAITING_HUMAN).count() == 3
+
+
+@pytest.mark.django_db
+def test_what_subscribers_do_after_a_batch_starts_conversations_in_an_ai_mode_reads_nothing(
+    service, django_capture_on_commit_callbacks
+):
+    visitors = new_visitors(service, 10)
+    policy_for(service)  # made with its defaults the first time: now only read
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        outcomes = services.conversation_post_customer_messages(
+            [CustomerPost(v, f"Hello {n}", "1") for n, v in enumerate(visitors)]
+        )
+    delivered = [c for c in callbacks if c.__qualname__.startswith("publish.")]
+
+    with CaptureQueriesContext(connection) as queries:
+        for callback in delivered:  # ten "started" and ten "message posted" deliveries
+            callback()
+
+    assert all(o.created for o in outcomes) and len(delivered) == 20
+    # No conversation is read to see whether it waits for a person: none does.
+    assert queries.captured_queries == []
+    assert not Flag.objects.filter(conversation__visitor__in=visitors).exists()
 
 
 @pytest.mark.django_db
