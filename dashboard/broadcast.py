@@ -39,7 +39,7 @@ from typing import Literal, Protocol, TypedDict
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from conversations.models import Conversation, Message, Service, Status
+from conversations.models import Message, Service, Status
 from dashboard import cards
 from escalation.models import Flag
 from handoff.db import db
@@ -113,12 +113,7 @@ def card_events(conversation_ids: Iterable) -> list[CardEvent | CardRemovedEvent
     wanted = [str(pk) for pk in conversation_ids]
     if not wanted:
         return []
-    found = {
-        card["id"]: (card, status)
-        for card, status in cards.cards_with_status(
-            Conversation.objects.filter(pk__in=wanted).order_by()
-        )
-    }
+    found = {card["id"]: (card, status) for card, status in cards.cards_by_id(wanted)}
     events: list[CardEvent | CardRemovedEvent] = []
     for pk in wanted:
         if pk not in found:

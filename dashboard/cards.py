@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TypedDict
 
@@ -13,6 +14,7 @@ from django.db.models.functions import Coalesce
 from conversations.models import Conversation, Service, Status
 from conversations.protocol import display_name
 from escalation.models import Flag, Reason
+from handoff.db import CompiledRead
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 REASON_ORDER = [reason.value for reason in Reason]
@@ -170,6 +172,37 @@ def cards_with_status(conversations: QuerySet[Conversation]) -> list[tuple[Card,
     reasons = _reasons_by_conversation(conversations) if rows else {}
     names: dict[tuple, str] = {}
     return [(_card(row, reasons.get(str(row[0]), []), names), row[-1]) for row in rows]
+
+
+# The hubs read a few cards many times a second: these two reads are compiled once.
+_card_rows = CompiledRead(
+    Conversation,
+    lambda ids: Conversation.objects.filter(pk__in=ids).order_by().values_list(*CARD_COLUMNS),
+)
+_reason_rows = CompiledRead(
+    Flag,
+    # Unordered: the flags' own ordering would add its column to the DISTINCT.
+    lambda ids: (
+        unacknowledged_flags()
+        .filter(conversation_id__in=ids)
+        .order_by()
+        .values_list("conversation_id", "reason")
+        .distinct()
+    ),
+)
+
+
+def cards_by_id(ids: Sequence[str]) -> list[tuple[Card, str]]:
+    """`cards_with_status` of the conversations with these ids (those that exist)."""
+    rows = _card_rows(ids) if ids else []
+    found: dict[str, set[str]] = defaultdict(set)
+    for conversation_id, reason in _reason_rows(ids) if rows else []:
+        found[str(conversation_id)].add(reason)
+    names: dict[tuple, str] = {}
+    return [
+        (_card(row, sorted(found.get(str(row[0]), ()), key=REASON_ORDER.index), names), row[-1])
+        for row in rows
+    ]
 
 
 def cards(conversations: QuerySet[Conversation]) -> list[Card]:

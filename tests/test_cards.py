@@ -65,3 +65,51 @@ def test_a_card_shows_the_reasons_in_the_contract_order(service):
     assert card["reasons"] == ["thumbs_down", "help_requested", "keyword"]
     assert card["needs_attention"] is True
     assert card["status"] == "paused"
+
+
+def test_the_hubs_read_of_cards_by_id_gives_what_the_queryset_read_gives(service, agent):
+    made = open_conversations(service, 5)
+    services.conversation_take_over(conversation=made[0], agent=agent)
+    escalation.flag_raise(conversation_id=made[1].pk, reason=Reason.NON_ANSWER)
+    escalation.flag_raise(conversation_id=made[1].pk, reason=Reason.THUMBS_DOWN)
+    escalation.flag_raise(conversation_id=made[2].pk, reason=Reason.KEYWORD)
+    services.conversation_take_over(conversation=made[2], agent=agent)  # acknowledges it
+    services.conversation_end_by_customer(visitor=made[3].visitor)
+    ids = [str(c.pk) for c in made] + [str(uuid.uuid4())]  # one that does not exist
+
+    by_id = sorted(cards.cards_by_id(ids), key=lambda found: found[0]["id"])
+
+    expected = cards.cards_with_status(Conversation.objects.filter(pk__in=ids))
+    assert by_id == sorted(expected, key=lambda found: found[0]["id"])
+    assert len(by_id) == 5
+    reasons = {card["id"]: card["reasons"] for card, _ in by_id}
+    assert reasons[str(made[1].pk)] == ["thumbs_down", "non_answer"]
+    assert reasons[str(made[2].pk)] == []
+    assert cards.cards_by_id([]) == []
+
+
+def test_the_hubs_read_of_cards_is_compiled_once_for_any_number_of_ids(service, monkeypatch):
+    from django.db import connection
+    from django.db.models.sql.compiler import SQLCompiler
+    from django.test.utils import CaptureQueriesContext
+
+    made = open_conversations(service, 4)
+    cards.cards_by_id([str(made[0].pk)])  # compiled here, if not by an earlier test
+    escalation.flag_raise(conversation_id=made[2].pk, reason=Reason.KEYWORD)
+    compiled = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(
+        SQLCompiler, "as_sql", lambda self, *a, **k: compiled.append(self) or as_sql(self, *a, **k)
+    )
+
+    with CaptureQueriesContext(connection) as one:
+        cards.cards_by_id([str(made[1].pk)])
+    with CaptureQueriesContext(connection) as three:
+        found = cards.cards_by_id([str(c.pk) for c in made[1:]])
+
+    # One id or three: the same two statements, neither compiled again.
+    assert compiled == []
+    assert len(one.captured_queries) == len(three.captured_queries) == 2
+    # Each run reads the rows as they are now.
+    assert {card["id"]: card["reasons"] for card, _ in found}[str(made[2].pk)] == ["keyword"]
+    assert len(found) == 3
