@@ -240,8 +240,12 @@ class Customer:
                     elif frame["role"] == "ai":
                         self.ai_frames.append((frame["seq"], at))
                         self.last_ai_seq = frame["seq"]
-                elif kind == "status" and frame.get("conversation_id"):
-                    self.conversation_id = frame["conversation_id"]
+                elif kind == "status":
+                    if frame.get("conversation_id"):
+                        self.conversation_id = frame["conversation_id"]
+                    if frame.get("ai_paused"):
+                        # Handed off (a non-answer, say): the AI rightly stays silent now.
+                        self.ai_expected_until = min(self.ai_expected_until, at)
                 elif kind == "feedback_ok":
                     self.feedback_ok_at = at
                 elif kind == "error":
