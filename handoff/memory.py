@@ -13,8 +13,8 @@ two seconds for 5-30 ms. Two changes:
 - The youngest generation is collected after `GC_THRESHOLDS[0]` more objects were made than
   freed instead of 700. Most of a request's or a message's objects are freed by their
   reference counts long before that, so far fewer survive into the older generations,
-  whose collections become rare: under the same load, a quarter of the collector's time
-  and no full collection within the measured minute.
+  whose collections become rare: under the same load, a quarter of the collector's time,
+  and no full collection in a 50-second run.
 
 Cyclic garbage waits a little longer for its collection: at most the threshold's objects.
 """
