@@ -100,16 +100,33 @@ CARD_COLUMNS = (
 )
 
 
-def _reasons_by_conversation(conversations: QuerySet[Conversation]) -> dict[str, list[str]]:
-    found: dict[str, set[str]] = defaultdict(set)
-    # A subquery, not a list of ids: one short statement however many conversations.
-    rows = unacknowledged_flags().filter(conversation__in=conversations.order_by().values("pk"))
+def _reason_rows(conversations: QuerySet[Conversation] | object) -> QuerySet[Flag]:
+    """(conversation id, reason) of the conversations' unacknowledged flags, each once.
+
+    `conversations` may be a queryset (a subquery: one short statement however many) or
+    what `CompiledRead` passes for a list of ids.
+    """
+    if isinstance(conversations, QuerySet):
+        conversations = conversations.order_by().values("pk")
     # Unordered: the flags' own ordering would add its column to the DISTINCT.
-    for conversation_id, reason in (
-        rows.order_by().values_list("conversation_id", "reason").distinct()
-    ):
+    return (
+        unacknowledged_flags()
+        .filter(conversation__in=conversations)
+        .order_by()
+        .values_list("conversation_id", "reason")
+        .distinct()
+    )
+
+
+def _cards_with_status(rows, reason_rows) -> list[tuple[Card, str]]:
+    found: dict[str, set[str]] = defaultdict(set)
+    for conversation_id, reason in reason_rows:
         found[str(conversation_id)].add(reason)
-    return {key: sorted(value, key=REASON_ORDER.index) for key, value in found.items()}
+    names: dict[tuple, str] = {}
+    return [
+        (_card(row, sorted(found.get(str(row[0]), ()), key=REASON_ORDER.index), names), row[-1])
+        for row in rows
+    ]
 
 
 def _card(row: tuple, reasons: list[str], names: dict[tuple, str]) -> Card:
@@ -169,40 +186,21 @@ def _name(names: dict[tuple, str], *columns: str) -> str:
 def cards_with_status(conversations: QuerySet[Conversation]) -> list[tuple[Card, str]]:
     """Each conversation's card and status (open or closed), in two queries however many."""
     rows = list(conversations.values_list(*CARD_COLUMNS))
-    reasons = _reasons_by_conversation(conversations) if rows else {}
-    names: dict[tuple, str] = {}
-    return [(_card(row, reasons.get(str(row[0]), []), names), row[-1]) for row in rows]
+    return _cards_with_status(rows, _reason_rows(conversations) if rows else ())
 
 
 # The hubs read a few cards many times a second: these two reads are compiled once.
-_card_rows = CompiledRead(
+_card_rows_by_id = CompiledRead(
     Conversation,
     lambda ids: Conversation.objects.filter(pk__in=ids).order_by().values_list(*CARD_COLUMNS),
 )
-_reason_rows = CompiledRead(
-    Flag,
-    # Unordered: the flags' own ordering would add its column to the DISTINCT.
-    lambda ids: (
-        unacknowledged_flags()
-        .filter(conversation_id__in=ids)
-        .order_by()
-        .values_list("conversation_id", "reason")
-        .distinct()
-    ),
-)
+_reason_rows_by_id = CompiledRead(Flag, _reason_rows)
 
 
 def cards_by_id(ids: Sequence[str]) -> list[tuple[Card, str]]:
     """`cards_with_status` of the conversations with these ids (those that exist)."""
-    rows = _card_rows(ids) if ids else []
-    found: dict[str, set[str]] = defaultdict(set)
-    for conversation_id, reason in _reason_rows(ids) if rows else []:
-        found[str(conversation_id)].add(reason)
-    names: dict[tuple, str] = {}
-    return [
-        (_card(row, sorted(found.get(str(row[0]), ()), key=REASON_ORDER.index), names), row[-1])
-        for row in rows
-    ]
+    rows = _card_rows_by_id(ids) if ids else []
+    return _cards_with_status(rows, _reason_rows_by_id(ids) if rows else ())
 
 
 def cards(conversations: QuerySet[Conversation]) -> list[Card]:
