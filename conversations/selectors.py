@@ -18,6 +18,7 @@ from conversations.models import (
     Service,
     Specialist,
 )
+from handoff.db import CompiledQuery
 
 AI_CONTEXT_MESSAGES = 20
 
@@ -93,18 +94,22 @@ def messages_after(*, conversation: Conversation, after_seq: int = 0) -> QuerySe
     )
 
 
+_customer_messages = CompiledQuery(
+    lambda ids: Message.objects.filter(pk__in=ids, role=Role.USER).select_related(
+        # The escalation app's one-to-one: its mood check reads the policy with the message.
+        "conversation__service__escalation_policy"
+    ),
+    id_type="bigint",
+)
+
+
 def customer_messages(message_ids: Iterable[int]) -> dict[int, Message]:
     """Customer messages by id, each with its conversation, service and escalation policy.
 
     One query for any number. Messages of one service share one `Service` object, so that
     what is read or cached on it (the escalation policy) is read once for all of them.
     """
-    messages = list(
-        Message.objects.filter(pk__in=list(message_ids), role=Role.USER).select_related(
-            # The escalation app's one-to-one: its mood check reads the policy with the message.
-            "conversation__service__escalation_policy"
-        )
-    )
+    messages = _customer_messages(list(message_ids))
     services: dict[int, Service] = {}
     for message in messages:
         conversation = message.conversation

@@ -36,7 +36,7 @@ from conversations.models import (
     Status,
     Visitor,
 )
-from handoff.db import update_fields
+from handoff.db import CompiledQuery, update_fields
 
 logger = logging.getLogger(__name__)
 
@@ -625,19 +625,34 @@ def _share_services(conversations) -> None:
         conversation.service = shared.setdefault(conversation.service_id, conversation.service)
 
 
+def _locked_open_of_visitors(*, wait: bool) -> CompiledQuery:
+    """The visitors' open conversations, locked; without waiting for rows another
+    transaction holds unless `wait` (a batch skips them)."""
+    return CompiledQuery(
+        lambda visitor_ids: (
+            Conversation.objects.select_for_update(of=("self",), skip_locked=not wait)
+            # With the escalation policy, which screening reads after commit.
+            .select_related("service__escalation_policy", "claimed_by")
+            .filter(visitor_id__in=visitor_ids, status=Status.OPEN)
+            .order_by("pk")
+        )
+    )
+
+
+# By `alone`: a post stored alone waits for its conversation's lock.
+_locked_open_conversations = {
+    True: _locked_open_of_visitors(wait=True),
+    False: _locked_open_of_visitors(wait=False),
+}
+
+
 def _store_customer_messages(checked: list[tuple], outcomes: list, *, alone: bool) -> None:
     visitors = {visitor.pk for _, visitor, _, _ in checked}
     # Locked in id order, so that batches in two processes never wait for each other in a
     # circle. A visitor has at most one open conversation.
     open_by_visitor = {
         conversation.visitor_id: conversation
-        for conversation in Conversation.objects.select_for_update(
-            of=("self",), skip_locked=not alone
-        )
-        # With the escalation policy, which screening reads after commit.
-        .select_related("service__escalation_policy", "claimed_by")
-        .filter(visitor_id__in=visitors, status=Status.OPEN)
-        .order_by("pk")
+        for conversation in _locked_open_conversations[alone](visitors)
     }
     _share_services(open_by_visitor.values())
     # Checked under the conversations' locks: a twin frame may have just committed.
@@ -864,6 +879,16 @@ def conversation_post_ai_message(
     return conversation_post_ai_messages([reply])[0]
 
 
+_locked_for_replies = CompiledQuery(
+    lambda ids: (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("service", "claimed_by", "specialist")
+        .filter(pk__in=ids)
+        .order_by("pk")
+    )
+)
+
+
 def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | None]:
     """Post the AI's replies in one transaction: each its message, or None if it was dropped.
 
@@ -884,10 +909,9 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
     with transaction.atomic():
         locked = {
             str(conversation.pk): conversation
-            for conversation in Conversation.objects.select_for_update(of=("self",))
-            .select_related("service", "claimed_by", "specialist")
-            .filter(pk__in={str(reply.conversation_id) for reply in replies})
-            .order_by("pk")
+            for conversation in _locked_for_replies(
+                {str(reply.conversation_id) for reply in replies}
+            )
         }
         _share_services(locked.values())
         appended: list[Message] = []

@@ -14,7 +14,7 @@ from django.db.models.functions import Coalesce
 from conversations.models import Conversation, Service, Status
 from conversations.protocol import display_name
 from escalation.models import Flag, Reason
-from handoff.db import CompiledRead
+from handoff.db import CompiledQuery
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 REASON_ORDER = [reason.value for reason in Reason]
@@ -104,7 +104,7 @@ def _reason_rows(conversations: QuerySet[Conversation] | object) -> QuerySet[Fla
     """(conversation id, reason) of the conversations' unacknowledged flags, each once.
 
     `conversations` may be a queryset (a subquery: one short statement however many) or
-    what `CompiledRead` passes for a list of ids.
+    what `CompiledQuery` passes for a list of ids.
     """
     if isinstance(conversations, QuerySet):
         conversations = conversations.order_by().values("pk")
@@ -190,11 +190,10 @@ def cards_with_status(conversations: QuerySet[Conversation]) -> list[tuple[Card,
 
 
 # The hubs read a few cards many times a second: these two reads are compiled once.
-_card_rows_by_id = CompiledRead(
-    Conversation,
-    lambda ids: Conversation.objects.filter(pk__in=ids).order_by().values_list(*CARD_COLUMNS),
+_card_rows_by_id = CompiledQuery(
+    lambda ids: Conversation.objects.filter(pk__in=ids).order_by().values_list(*CARD_COLUMNS)
 )
-_reason_rows_by_id = CompiledRead(Flag, _reason_rows)
+_reason_rows_by_id = CompiledQuery(_reason_rows)
 
 
 def cards_by_id(ids: Sequence[str]) -> list[tuple[Card, str]]:

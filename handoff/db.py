@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -12,6 +13,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connections, models, router
 from django.db.models.expressions import RawSQL
+from django.db.models.sql.compiler import SQLCompiler
 
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
@@ -72,61 +74,48 @@ def update_fields(rows: Sequence[models.Model], fields: Sequence[str]) -> None:
         cursor.execute(sql, params)
 
 
-class CompiledRead:
-    """A read of rows by ids whose SQL Django compiles once per database, not on every run.
+class CompiledQuery:
+    """A queryset of rows by ids whose SQL Django compiles once per database, not every run.
 
-    `build(ids)` returns a `values_list` queryset filtered with `…__in=ids`. Django builds and
-    compiles a queryset anew every time it runs, and for the few rows the console hubs read
-    many times a second that was most of the read (bench/README.md, tenth round). On
-    PostgreSQL the ids go in as one array (`IN (SELECT unnest(%s::<type>[]))`), so the
-    statement is the same for any number of them: it is compiled the first time, and later
-    runs only send it with the new ids. Elsewhere (SQLite, the embedded default) the
-    queryset runs as built.
+    `build(ids)` returns a queryset filtered with `…__in=ids`: model instances (with what
+    they select_related, locked `select_for_update` if asked) or `values_list` rows. Django
+    builds and compiles a queryset anew every time it runs, and for the reads that run for
+    every batch of messages that was most of their cost (bench/README.md, tenth and
+    eleventh rounds). On PostgreSQL the ids go in as one array (`IN (SELECT
+    unnest(%s::<type>[]))`), so the statement is the same for any number of them: it is
+    compiled the first time, and later runs send it with the new ids, Django turning the
+    rows into what the queryset gives as usual. Elsewhere (SQLite, the embedded default)
+    the queryset runs as built.
     """
 
-    def __init__(
-        self,
-        model: type[models.Model],
-        build: Callable[[object], models.QuerySet],
-        id_type: str = "uuid",
-    ) -> None:
-        self.model, self.build, self.id_type = model, build, id_type
-        self._compiled: dict[str, tuple[str, list, int, list]] = {}
+    def __init__(self, build: Callable[[object], models.QuerySet], id_type: str = "uuid") -> None:
+        self.build, self.id_type = build, id_type
+        self._compiled: dict[str, tuple[models.QuerySet, SQLCompiler, str, list, int]] = {}
+        self._probe: models.QuerySet | None = None  # which database the queryset goes to
 
-    def __call__(self, ids: Sequence) -> list[tuple]:
-        alias = router.db_for_read(self.model)
+    def __call__(self, ids: Sequence) -> list:
+        if self._probe is None:
+            self._probe = self.build([])
+        alias = self._probe.db
         connection = connections[alias]
         if connection.vendor != "postgresql":
             return list(self.build(list(ids)))
-        compiled = self._compiled.get(alias) or self._compile(alias)
-        sql, params, position, converters = compiled
+        base, compiler, sql, params, position = self._compiled.get(alias) or self._compile(alias)
         params = [*params[:position], [str(pk) for pk in ids], *params[position + 1 :]]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-        if not converters:
-            return rows
-        converted = []
-        for row in rows:
-            row = list(row)
-            for index, functions, expression in converters:
-                for function in functions:
-                    row[index] = function(row[index], expression, connection)
-            converted.append(tuple(row))
-        return converted
+        run = copy.copy(compiler)  # its select and converters, set up by the compilation
+        run.connection = connection  # this thread's
+        run.as_sql = lambda *args, **kwargs: (sql, params)
+        queryset = base._chain()
+        queryset.query.get_compiler = lambda *args, **kwargs: run
+        return list(queryset)
 
-    def _compile(self, alias: str) -> tuple[str, list, int, list]:
+    def _compile(self, alias: str) -> tuple[models.QuerySet, SQLCompiler, str, list, int]:
         marker: list = []
-        ids = RawSQL(f"SELECT unnest(%s::{self.id_type}[])", (marker,))
-        compiler = self.build(ids).query.get_compiler(using=alias)
+        queryset = self.build(RawSQL(f"SELECT unnest(%s::{self.id_type}[])", (marker,)))
+        compiler = queryset.query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
         position = next(n for n, param in enumerate(params) if param is marker)
-        selected = [column for column, *_ in compiler.select[: compiler.col_count]]
-        converters = [
-            (index, functions, expression)
-            for index, (functions, expression) in compiler.get_converters(selected).items()
-        ]
-        self._compiled[alias] = (sql, list(params), position, converters)
+        self._compiled[alias] = (queryset, compiler, sql, list(params), position)
         return self._compiled[alias]
 
 

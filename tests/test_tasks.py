@@ -254,9 +254,13 @@ def test_a_reply_task_reads_its_question_once(question):
 
     with CaptureQueriesContext(connection) as task:
         assert run_reply(question) == 2
-    by_id = f'"conversations_message"."id" IN ({question.pk})'
     reads = [q["sql"] for q in task.captured_queries if q["sql"].startswith("SELECT")]
-    assert len([sql for sql in reads if by_id in sql]) == 1
+    by_id = [
+        sql
+        for sql in reads
+        if '"conversations_message"."id" IN' in sql and f"{{{question.pk}}}" in sql
+    ]
+    assert len(by_id) == 1, reads
     question.refresh_from_db()
     assert question.sentiment is not None  # the mood was scored on the message read once
 
