@@ -433,3 +433,56 @@ def test_the_demo_knowledge_base_is_substantial() -> None:
     for entry in entries:
         assert 2 <= len(entry["question"].splitlines()) <= 4
         assert entry["answer"].strip()
+
+
+def _scored_one_by_one(index, items, question: str, context=(), limit: int = 3):
+    """What the index must find: every item's phrasings, questions and answer scored
+    against the question one by one (cosine of TF-IDF vectors), the best `limit` above 0."""
+    import math
+    from collections import Counter
+
+    from conversations.ai.knowledge_base import ANSWER_FACTOR, QUESTIONS_FACTOR
+
+    def vector(tokens):
+        counts = Counter(tokens)
+        return {t: (1 + math.log(n)) * index.idf(t) for t, n in counts.items()}
+
+    query = index.query_vector(question, context)
+    query_norm = math.sqrt(sum(w * w for w in query.values()))
+
+    def cosine(doc):
+        doc_norm = math.sqrt(sum(w * w for w in doc.values()))
+        if not query_norm or not doc_norm:
+            return 0.0
+        return sum(w * doc.get(t, 0.0) for t, w in query.items()) / (query_norm * doc_norm)
+
+    scored = []
+    for item in items:
+        phrasings = [tokenize(line) for line in item.question.splitlines() if line.strip()]
+        every = [t for tokens in phrasings for t in tokens]
+        best = max((cosine(vector(tokens)) for tokens in phrasings), default=0.0)
+        score = max(
+            best,
+            QUESTIONS_FACTOR * cosine(vector(every)),
+            ANSWER_FACTOR * cosine(vector(tokenize(item.answer) + every)),
+        )
+        scored.append((item, round(score, 4)))
+    scored.sort(key=lambda pair: pair[1], reverse=True)
+    return [(item.id, score) for item, score in scored[:limit] if score > 0]
+
+
+@pytest.mark.parametrize("slug", sorted({service["slug"] for service in SERVICES}))
+def test_the_index_finds_what_scoring_every_entry_finds(slug):
+    """The index scores only entries that share a word with the question; the matches and
+    their order are those of scoring every phrasing, question and answer of every entry."""
+    _, items = demo_knowledge(slug)
+    index = build_index(items)
+    questions = [line for item in items for line in item.question.splitlines() if line.strip()]
+    questions += [item.answer for item in items]
+    questions += ["my invoice is wrong and the app crashes", "zebra quantum", "hello", ""]
+    for number, question in enumerate(questions):
+        context = (questions[number - 1],) if number % 3 == 0 else ()
+        for limit in (1, 3, len(items)):
+            found = [(m.item.id, m.score) for m in index.search(question, context, limit)]
+            assert found == _scored_one_by_one(index, items, question, context, limit), question
+    assert any(index.search(q) for q in questions)

@@ -278,13 +278,6 @@ def _norm(vector: Vector) -> float:
     return math.sqrt(sum(weight * weight for weight in vector.values()))
 
 
-def _cosine(query: Vector, query_norm: float, doc: Vector, doc_norm: float) -> float:
-    if not query_norm or not doc_norm:
-        return 0.0
-    dot = sum(weight * doc.get(term, 0.0) for term, weight in query.items())
-    return dot / (query_norm * doc_norm)
-
-
 @dataclass(frozen=True)
 class Match:
     """A knowledge item and its 0..1 similarity to the customer's question."""
@@ -313,17 +306,27 @@ class KnowledgeIndex:
         # A word the knowledge base never uses weighs like the rarest word: it is what the
         # customer is asking about, and no entry covers it.
         self._unknown_idf = math.log(count + 1) + 1
-        self._phrasings = [
-            [self._vector(tokens) for tokens in phrasings] for phrasings in question_tokens
-        ]
-        self._questions = [
-            self._vector([t for tokens in phrasings for t in tokens])
-            for phrasings in question_tokens
-        ]
-        self._answers = [
-            self._vector(answer + [t for tokens in phrasings for t in tokens])
-            for phrasings, answer in zip(question_tokens, answer_tokens, strict=True)
-        ]
+        # Every vector scored for an item: each phrasing (weighs 1), all its phrasings
+        # together (QUESTIONS_FACTOR) and its answer with them (ANSWER_FACTOR). `search`
+        # scores only the vectors that share a term with the question, found through
+        # `_postings`: the others' cosine is 0, and an item scoring 0 is never a match.
+        self._slots: list[tuple[int, float, float]] = []  # (item, factor, norm)
+        self._postings: dict[str, list[tuple[int, float]]] = {}  # term -> (slot, weight)
+        for position, (phrasings, answer) in enumerate(
+            zip(question_tokens, answer_tokens, strict=True)
+        ):
+            every_phrasing = [t for tokens in phrasings for t in tokens]
+            for tokens in phrasings:
+                self._add_slot(position, 1.0, tokens)
+            self._add_slot(position, QUESTIONS_FACTOR, every_phrasing)
+            self._add_slot(position, ANSWER_FACTOR, answer + every_phrasing)
+
+    def _add_slot(self, item: int, factor: float, tokens: Sequence[str]) -> None:
+        vector, norm = self._vector(tokens)
+        slot = len(self._slots)
+        self._slots.append((item, factor, norm))
+        for term, weight in vector.items():
+            self._postings.setdefault(term, []).append((slot, weight))
 
     def knows(self, term: str) -> bool:
         """Whether any entry uses this stemmed term."""
@@ -353,14 +356,18 @@ class KnowledgeIndex:
         query_norm = _norm(query)
         if not query_norm:
             return []
-        matches = []
-        for item, phrasings, questions, answer in zip(
-            self.items, self._phrasings, self._questions, self._answers, strict=True
-        ):
-            best = max((_cosine(query, query_norm, *vector) for vector in phrasings), default=0.0)
-            on_questions = QUESTIONS_FACTOR * _cosine(query, query_norm, *questions)
-            on_answer = ANSWER_FACTOR * _cosine(query, query_norm, *answer)
-            matches.append(Match(item, round(max(best, on_questions, on_answer), 4)))
+        dots: dict[int, float] = {}
+        for term, weight in query.items():
+            for slot, doc_weight in self._postings.get(term, ()):
+                dots[slot] = dots.get(slot, 0.0) + weight * doc_weight
+        scores: dict[int, float] = {}
+        for slot, dot in dots.items():
+            item, factor, norm = self._slots[slot]
+            score = factor * (dot / (query_norm * norm))
+            scores[item] = max(scores.get(item, 0.0), score)
+        matches = [
+            Match(self.items[item], round(scores[item], 4)) for item in sorted(scores)
+        ]
         matches.sort(key=lambda match: match.score, reverse=True)
         return [match for match in matches[:limit] if match.score > 0]
 
