@@ -442,6 +442,10 @@ _NON_ANSWER_RULES: tuple[tuple[str, str], ...] = (
 _NON_ANSWER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _NON_ANSWER_RULES
 )
+# Any of them: one search tells most clauses (an answer's) apart from those to look into.
+_ANY_NON_ANSWER = re.compile(
+    "|".join(f"(?:{pattern})" for _, pattern in _NON_ANSWER_RULES), re.IGNORECASE
+)
 
 # Pleasantries: neither a non-answer nor substance, whatever their length.
 _FILLER = re.compile(
@@ -513,9 +517,8 @@ def detect_non_answer(
     first: tuple[str, str] | None = None
     informative: str | None = None
     for clause in _CLAUSES.split(plain):
-        hit = next(
-            ((name, m.group(0)) for name, p in _NON_ANSWER_PATTERNS if (m := p.search(clause))),
-            None,
+        hit = _ANY_NON_ANSWER.search(clause) and next(
+            (name, m.group(0)) for name, p in _NON_ANSWER_PATTERNS if (m := p.search(clause))
         )
         if hit is not None:
             first = first or hit
