@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, QuerySet
 
 from conversations.ai.base import AIRequest, KnowledgeItem, SpecialistInfo, Turn
 from conversations.models import (
@@ -99,7 +100,7 @@ _customer_messages = CompiledQuery(
         # The escalation app's one-to-one: its mood check reads the policy with the message.
         "conversation__service__escalation_policy"
     ),
-    id_type="bigint",
+    "bigint",
 )
 
 
@@ -117,44 +118,52 @@ def customer_messages(message_ids: Iterable[int]) -> dict[int, Message]:
     return {message.pk: message for message in messages}
 
 
-def ai_request_for(*, conversation: Conversation, upto_seq: int) -> AIRequest:
-    """Everything a responder needs to answer the customer message numbered `upto_seq`."""
-    [request] = ai_requests_for([(conversation, upto_seq)])
-    return request
+def ai_requests_for(messages: Sequence[Message]) -> list[AIRequest]:
+    """Everything a responder needs to answer each of these customer messages (read with
+    their conversations), the transcripts in one query.
 
-
-def ai_requests_for(turns: Sequence[tuple[Conversation, int]]) -> list[AIRequest]:
-    """`ai_request_for` for each (conversation, seq) of `turns`, the transcripts in one query.
-
-    Seqs have no gaps, so the last AI_CONTEXT_MESSAGES messages up to `seq` are the ones
-    numbered from `seq - AI_CONTEXT_MESSAGES + 1` to `seq`.
+    Seqs have no gaps, so the last AI_CONTEXT_MESSAGES messages up to a message are the ones
+    numbered from its seq - AI_CONTEXT_MESSAGES + 1 to its seq.
     """
-    if not turns:
+    if not messages:
         return []
-    wanted = Q()
-    for conversation, upto in turns:
-        wanted |= Q(
-            conversation_id=conversation.id, seq__gt=upto - AI_CONTEXT_MESSAGES, seq__lte=upto
-        )
     lines: dict[uuid.UUID, dict[int, tuple[str, str]]] = defaultdict(dict)
-    rows = (
-        Message.objects.filter(wanted)
-        .order_by()
-        .values_list("conversation_id", "seq", "role", "text")
-    )
-    for conversation_id, seq, role, text in rows:
+    transcripts = _transcript_lines(AI_CONTEXT_MESSAGES)
+    for conversation_id, seq, role, text in transcripts([message.pk for message in messages]):
         lines[conversation_id][seq] = (role, text)
     return [
         _ai_request(
-            conversation,
+            message.conversation,
             [
-                lines[conversation.id][seq]
-                for seq in range(upto - AI_CONTEXT_MESSAGES + 1, upto + 1)
-                if seq in lines[conversation.id]
+                lines[message.conversation_id][seq]
+                for seq in range(message.seq - AI_CONTEXT_MESSAGES + 1, message.seq + 1)
+                if seq in lines[message.conversation_id]
             ],
         )
-        for conversation, upto in turns
+        for message in messages
     ]
+
+
+@functools.lru_cache(maxsize=4)
+def _transcript_lines(length: int) -> CompiledQuery:
+    """(conversation, seq, role, text) of the last `length` messages up to each of the
+    messages with the given ids."""
+
+    def build(ids) -> QuerySet[Message]:
+        # Joined through the conversation to the messages with those ids: PostgreSQL reads
+        # each window as one range of the (conversation, seq) index. A line in two windows
+        # (two messages of one conversation) comes twice.
+        return (
+            Message.objects.filter(
+                conversation__messages__pk__in=ids,
+                seq__lte=F("conversation__messages__seq"),
+                seq__gt=F("conversation__messages__seq") - length,
+            )
+            .order_by()
+            .values_list("conversation_id", "seq", "role", "text")
+        )
+
+    return CompiledQuery(build, "bigint")
 
 
 def _ai_request(conversation: Conversation, transcript: list[tuple[str, str]]) -> AIRequest:

@@ -544,15 +544,22 @@ def _stored_with_client_id(visitor: Visitor, client_id: str) -> Message | None:
     return stored.select_related("specialist", "author").first()
 
 
-def _stored_with_client_ids(visitor_ids, client_ids) -> dict[tuple[int, str], Message]:
-    """The visitors' messages already stored under these client ids, by (visitor, client id)."""
-    found = list(
+_client_ids_stored = CompiledQuery(
+    lambda visitor_ids, client_ids: (
         Message.objects.filter(
             conversation__visitor_id__in=visitor_ids, role=Role.USER, client_id__in=client_ids
         )
         .order_by()
         .values_list("conversation__visitor_id", "client_id", "pk")
-    )
+    ),
+    "uuid",
+    "text",
+)
+
+
+def _stored_with_client_ids(visitor_ids, client_ids) -> dict[tuple[int, str], Message]:
+    """The visitors' messages already stored under these client ids, by (visitor, client id)."""
+    found = _client_ids_stored(visitor_ids, client_ids)
     if not found:  # nearly always: the cheap question first
         return {}
     messages = Message.objects.select_related("specialist", "author").in_bulk(

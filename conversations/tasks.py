@@ -82,7 +82,7 @@ def generate_ai_reply(conversation_id: str, message_id: int, epoch: int) -> int 
     if responder.typing_indicator:
         protocol.send_typing(message.conversation_id, True)
     try:
-        [request] = selectors.ai_requests_for([(message.conversation, message.seq)])
+        [request] = selectors.ai_requests_for([message])
         reply = _answer(responder, message, epoch, request)
         [posted] = services.conversation_post_ai_messages([reply])
     finally:
@@ -128,7 +128,7 @@ def generate_ai_replies(turns: list[list]) -> list[int | None]:
         except TRANSIENT:
             _retry_alone(turns[index])
     try:
-        requests = selectors.ai_requests_for([(m.conversation, m.seq) for _, m, _ in checked])
+        requests = selectors.ai_requests_for([message for _, message, _ in checked])
         answers = [
             (index, _answer(responder, message, epoch, request))
             for (index, message, epoch), request in zip(checked, requests, strict=True)

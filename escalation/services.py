@@ -6,12 +6,13 @@ holds the conversation, and a detector that runs twice raises one flag.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
 from django.db import transaction
-from django.db.models import F, Q, Window
+from django.db.models import Exists, F, OuterRef, QuerySet, Window
 from django.db.models.functions import RowNumber
 
 from conversations import events
@@ -20,7 +21,7 @@ from conversations.models import Conversation, Message, Mode, Role, Service, Sta
 from escalation import detectors
 from escalation.events import FlagRaised
 from escalation.models import EscalationPolicy, Flag, Reason
-from handoff.db import update_fields
+from handoff.db import CompiledQuery, update_fields
 
 logger = logging.getLogger(__name__)
 
@@ -200,28 +201,43 @@ def _mood_windows(messages: Sequence[Message]) -> dict[int, list[float]]:
         oldest[cid] = min(oldest.get(cid, message.seq), message.seq)
     # An earlier message of a conversation in the batch looks further back than its newest.
     depth = SENTIMENT_LOOKBACK + max(newest[cid] - oldest[cid] for cid in newest)
-    wanted = Q()
-    for cid, seq in newest.items():
-        wanted |= Q(conversation_id=cid, seq__lte=seq)
-    ranked = (
-        Message.objects.filter(wanted, role=Role.USER)
-        .annotate(
-            recency=Window(
-                RowNumber(), partition_by=[F("conversation_id")], order_by=F("seq").desc()
-            )
-        )
-        .filter(recency__lte=depth)
-        .only("id", "conversation_id", "seq", "text", "sentiment")
-        .order_by("conversation_id", "-seq")
-    )
     by_conversation: dict = defaultdict(list)
-    for row in ranked:
+    for row in _ranked_moods(depth)([message.pk for message in messages]):
         by_conversation[row.conversation_id].append(row)
     windows = {}
     for message in messages:
         rows = [r for r in by_conversation[message.conversation_id] if r.seq <= message.seq]
         windows[message.pk] = [_score(row) for row in reversed(rows[:SENTIMENT_LOOKBACK])]
     return windows
+
+
+@functools.lru_cache(maxsize=16)
+def _ranked_moods(depth: int) -> CompiledQuery:
+    """The customer messages of the conversations of the messages with the given ids, up to
+    the newest of those in each, newest first, `depth` at most of each."""
+
+    def build(ids) -> QuerySet[Message]:
+        batch = Message.objects.filter(pk__in=ids)
+        up_to_one_of_them = batch.filter(
+            conversation_id=OuterRef("conversation_id"), seq__gte=OuterRef("seq")
+        )
+        return (
+            Message.objects.filter(
+                Exists(up_to_one_of_them),
+                conversation_id__in=batch.values("conversation_id"),
+                role=Role.USER,
+            )
+            .annotate(
+                recency=Window(
+                    RowNumber(), partition_by=[F("conversation_id")], order_by=F("seq").desc()
+                )
+            )
+            .filter(recency__lte=depth)
+            .only("id", "conversation_id", "seq", "text", "sentiment")
+            .order_by("conversation_id", "-seq")
+        )
+
+    return CompiledQuery(build, "bigint")
 
 
 def message_score_sentiment(*, message: Message) -> Flag | None:

@@ -6,7 +6,7 @@ import asyncio
 import copy
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -77,46 +77,71 @@ def update_fields(rows: Sequence[models.Model], fields: Sequence[str]) -> None:
 class CompiledQuery:
     """A queryset of rows by ids whose SQL Django compiles once per database, not every run.
 
-    `build(ids)` returns a queryset filtered with `…__in=ids`: model instances (with what
-    they select_related, locked `select_for_update` if asked) or `values_list` rows. Django
-    builds and compiles a queryset anew every time it runs, and for the reads that run for
-    every batch of messages that was most of their cost (bench/README.md, tenth and
-    eleventh rounds). On PostgreSQL the ids go in as one array (`IN (SELECT
-    unnest(%s::<type>[]))`), so the statement is the same for any number of them: it is
-    compiled the first time, and later runs send it with the new ids, Django turning the
-    rows into what the queryset gives as usual. Elsewhere (SQLite, the embedded default)
-    the queryset runs as built.
+    `build(ids, …)` returns a queryset filtered with `…__in=ids` (one argument for each of
+    `id_types`, "uuid" if none is named; each may be used more than once): model instances
+    (with what they select_related, locked `select_for_update` if asked) or `values_list`
+    rows. Django builds and compiles a queryset anew every time it runs, and for the reads
+    that run for every batch of messages that was most of their cost (bench/README.md,
+    tenth and eleventh rounds). On PostgreSQL each list of ids goes in as one array (`IN
+    (SELECT unnest(%s::<type>[]))`), so the statement is the same for any number of them:
+    it is compiled the first time, and later runs send it with the new ids, Django turning
+    the rows into what the queryset gives as usual. Elsewhere (SQLite, the embedded
+    default) the queryset runs as built.
+
+    Whatever else `build` puts in the statement is compiled in once: a value that changes
+    (a setting, say) needs a `CompiledQuery` of its own.
     """
 
-    def __init__(self, build: Callable[[object], models.QuerySet], id_type: str = "uuid") -> None:
-        self.build, self.id_type = build, id_type
-        self._compiled: dict[str, tuple[models.QuerySet, SQLCompiler, str, list, int]] = {}
+    def __init__(self, build: Callable[..., models.QuerySet], *id_types: str) -> None:
+        self.build, self.id_types = build, id_types or ("uuid",)
+        self._compiled: dict[str, _Compiled] = {}
         self._probe: models.QuerySet | None = None  # which database the queryset goes to
 
-    def __call__(self, ids: Sequence) -> list:
+    def __call__(self, *ids: Sequence) -> list:
         if self._probe is None:
-            self._probe = self.build([])
+            self._probe = self.build(*([] for _ in self.id_types))
         alias = self._probe.db
         connection = connections[alias]
         if connection.vendor != "postgresql":
-            return list(self.build(list(ids)))
-        base, compiler, sql, params, position = self._compiled.get(alias) or self._compile(alias)
-        params = [*params[:position], [str(pk) for pk in ids], *params[position + 1 :]]
-        run = copy.copy(compiler)  # its select and converters, set up by the compilation
+            return list(self.build(*(list(each) for each in ids)))
+        compiled = self._compiled.get(alias) or self._compile(alias)
+        arrays = [[str(value) for value in each] for each in ids]
+        params = list(compiled.params)
+        for position, which in compiled.arrays:
+            params[position] = arrays[which]
+        run = copy.copy(compiled.compiler)  # its select and converters, set up by compiling
         run.connection = connection  # this thread's
-        run.as_sql = lambda *args, **kwargs: (sql, params)
-        queryset = base._chain()
+        run.as_sql = lambda *args, **kwargs: (compiled.sql, params)
+        queryset = compiled.queryset._chain()
         queryset.query.get_compiler = lambda *args, **kwargs: run
         return list(queryset)
 
-    def _compile(self, alias: str) -> tuple[models.QuerySet, SQLCompiler, str, list, int]:
-        marker: list = []
-        queryset = self.build(RawSQL(f"SELECT unnest(%s::{self.id_type}[])", (marker,)))
+    def _compile(self, alias: str) -> _Compiled:
+        markers: list[list] = [[] for _ in self.id_types]
+        queryset = self.build(
+            *(
+                RawSQL(f"SELECT unnest(%s::{id_type}[])", (marker,))
+                for id_type, marker in zip(self.id_types, markers, strict=True)
+            )
+        )
         compiler = queryset.query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
-        position = next(n for n, param in enumerate(params) if param is marker)
-        self._compiled[alias] = (queryset, compiler, sql, list(params), position)
+        arrays = [
+            (position, which)
+            for position, param in enumerate(params)
+            for which, marker in enumerate(markers)
+            if param is marker
+        ]
+        self._compiled[alias] = _Compiled(queryset, compiler, sql, tuple(params), arrays)
         return self._compiled[alias]
+
+
+class _Compiled(NamedTuple):
+    queryset: models.QuerySet
+    compiler: SQLCompiler
+    sql: str
+    params: tuple
+    arrays: list[tuple[int, int]]  # (position in params, which list of ids)
 
 
 class DirectDispatch:

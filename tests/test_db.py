@@ -1,4 +1,4 @@
-"""handoff.db.update_fields: many rows' fields saved in one statement."""
+"""handoff.db: many rows' fields saved in one statement, queries compiled once."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from conversations import services
-from conversations.models import Conversation
-from handoff.db import update_fields
+from conversations.models import Conversation, Message, Role
+from handoff.db import CompiledQuery, update_fields
 from tests.conftest import chatting_visitors, make_agent
 
 pytestmark = pytest.mark.django_db
@@ -65,3 +65,99 @@ def test_no_rows_is_no_statement():
     with CaptureQueriesContext(connection) as captured:
         update_fields([], ["version"])
     assert captured.captured_queries == []
+
+
+@pytest.fixture
+def compilations(monkeypatch) -> list:
+    """Every SQL compilation of a query from here on."""
+    from django.db.models.sql.compiler import SQLCompiler
+
+    compiled: list = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(
+        SQLCompiler, "as_sql", lambda self, *a, **k: compiled.append(self) or as_sql(self, *a, **k)
+    )
+    return compiled
+
+
+def test_a_compiled_query_gives_what_its_queryset_gives_compiled_once(service, compilations):
+    visitors = chatting_visitors(service, 3)
+    for n, visitor in enumerate(visitors):
+        services.conversation_post_customer_message(visitor=visitor, text=f"m{n}", client_id="1")
+    build = CompiledQuery(
+        lambda visitor_ids, client_ids: (
+            Message.objects.filter(
+                conversation__visitor_id__in=visitor_ids, client_id__in=client_ids, role=Role.USER
+            )
+            .select_related("conversation__service")
+            .order_by("pk")
+        ),
+        "uuid",
+        "text",
+    )
+    asked = ([v.pk for v in visitors[:2]], ["1", "nope"])
+    expected = list(build.build(*asked))
+    assert [m.text for m in expected] == ["m0", "m1"]
+
+    first = build(*asked)
+    compilations.clear()
+    with CaptureQueriesContext(connection) as again:
+        found = build([visitors[2].pk], ["0", "1"])
+
+    assert first == expected
+    assert [m.conversation.service.slug for m in first] == [service.slug] * 2
+    assert [m.text for m in found] == ["Hi", "m2"]
+    assert compilations == [] and len(again.captured_queries) == 1
+    assert found[0].conversation.visitor_id == visitors[2].pk  # the related rows came along
+    assert build([], []) == []
+
+
+def test_ids_used_twice_in_a_compiled_query_go_to_both_places(service):
+    from django.db.models import Exists, OuterRef
+
+    def build(ids):
+        batch = Message.objects.filter(pk__in=ids)
+        return (
+            Message.objects.filter(
+                Exists(batch.filter(conversation_id=OuterRef("conversation_id"))),
+                pk__in=batch.values("pk"),
+            )
+            .order_by()
+            .values_list("text", flat=True)
+        )
+
+    visitors = chatting_visitors(service, 2)
+    ids = list(
+        Message.objects.filter(conversation__visitor=visitors[1]).values_list("pk", flat=True)
+    )
+    read = CompiledQuery(build, "bigint")
+    assert read([]) == []
+    assert read(ids) == ["Hi"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_compiled_query_runs_on_the_connection_of_the_thread_that_runs_it(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    [visitor] = chatting_visitors(service, 1)
+    read = CompiledQuery(
+        lambda ids: (
+            Conversation.objects.select_for_update(of=("self",))
+            .filter(visitor_id__in=ids)
+            .values_list("visitor_id", flat=True)
+        )
+    )
+
+    def locked_elsewhere():
+        try:
+            with services.transaction.atomic():
+                return read([visitor.pk])
+        finally:
+            connections.close_all()
+
+    with services.transaction.atomic():
+        assert read([visitor.pk]) == [visitor.pk]  # compiled here, on this thread's connection
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(locked_elsewhere).result(timeout=10) == [visitor.pk]

@@ -265,6 +265,38 @@ def test_a_reply_task_reads_its_question_once(question):
     assert question.sentiment is not None  # the mood was scored on the message read once
 
 
+def test_a_batchs_reads_are_compiled_once_per_process_whatever_its_size(service, monkeypatch):
+    """The worker's reads of a batch (its messages, moods, transcripts, the conversations'
+    lock) send the same statements every time: Django compiles none of them again."""
+    from django.db.models.sql.compiler import SQLCompiler
+
+    def turns(n: int) -> list:
+        visitors = chatting_visitors(service, n)
+        Message.objects.update(sentiment=None)  # to be scored again
+        posted = services.conversation_post_customer_messages(
+            [services.CustomerPost(v, "Where can I download my invoices?", "q") for v in visitors]
+        )
+        Message.objects.filter(role=Role.AI, seq=4).delete()  # their answers: to be given again
+        return [[str(p.message.conversation_id), p.message.pk, 0] for p in posted]
+
+    EscalationPolicy.objects.get_or_create(service=service)
+    first, second = turns(2), turns(3)
+    assert None not in tasks.generate_ai_replies.apply(args=[first]).get()  # compiled here
+    compiled = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(
+        SQLCompiler,
+        "as_sql",
+        lambda self, *a, **k: compiled.append(self.query) or as_sql(self, *a, **k),
+    )
+
+    assert None not in tasks.generate_ai_replies.apply(args=[second]).get()
+    monkeypatch.undo()
+
+    reads_of_the_turns = [str(q) for q in compiled if q.model in (Message, Conversation)]
+    assert reads_of_the_turns == []
+
+
 def test_a_batch_reads_and_scores_its_questions_once_whatever_its_size(service):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -391,14 +423,19 @@ def test_each_turn_of_a_batch_gets_the_transcript_up_to_its_own_message(service,
     one = Conversation.objects.get(visitor=first)
     other = Conversation.objects.get(visitor=second)
 
-    requests = selectors.ai_requests_for([(one, 5), (other, 1), (one, 2)])
+    def message(conversation, seq):
+        return Message.objects.select_related("conversation__service").get(
+            conversation=conversation, seq=seq
+        )
+
+    requests = selectors.ai_requests_for([message(one, 5), message(other, 1), message(one, 2)])
 
     assert [[turn.text for turn in r.transcript] for r in requests] == [
         ["m3", "m4", "m5"],
         ["Hi"],
         ["Hi", "m2"],
     ]
-    assert requests[0] == selectors.ai_request_for(conversation=one, upto_seq=5)
+    assert requests[0] == selectors.ai_requests_for([message(one, 5)])[0]
 
 
 def test_each_message_of_a_batch_is_judged_on_its_own_mood_window(service, monkeypatch):

@@ -365,9 +365,7 @@ class KnowledgeIndex:
             item, factor, norm = self._slots[slot]
             score = factor * (dot / (query_norm * norm))
             scores[item] = max(scores.get(item, 0.0), score)
-        matches = [
-            Match(self.items[item], round(scores[item], 4)) for item in sorted(scores)
-        ]
+        matches = [Match(self.items[item], round(scores[item], 4)) for item in sorted(scores)]
         matches.sort(key=lambda match: match.score, reverse=True)
         return [match for match in matches[:limit] if match.score > 0]
 
