@@ -110,7 +110,7 @@ class CompiledQuery:
         for position, which in compiled.arrays:
             params[position] = arrays[which]
         run = copy.copy(compiled.compiler)  # its select and converters, set up by compiling
-        run.connection = connection  # this thread's
+        run.connection = _Preparing(connection)  # this thread's
         run.as_sql = lambda *args, **kwargs: (compiled.sql, params)
         queryset = compiled.queryset._chain()
         queryset.query.get_compiler = lambda *args, **kwargs: run
@@ -134,6 +134,40 @@ class CompiledQuery:
         ]
         self._compiled[alias] = _Compiled(queryset, compiler, sql, tuple(params), arrays)
         return self._compiled[alias]
+
+
+class _Preparing:
+    """A PostgreSQL connection as a compiler uses it, but with cursors that bind parameters
+    on the server: psycopg then prepares a statement that the connection runs often
+    (its `prepare_threshold`, 5 by default), and PostgreSQL no longer plans it on every
+    run. For the statements of `CompiledQuery`, the same for any ids, planning took longer
+    than running them (0.5-0.9 ms against 0.2-0.7 ms)."""
+
+    def __init__(self, connection) -> None:
+        self._connection = connection
+
+    def __getattr__(self, name: str):
+        return getattr(self._connection, name)
+
+    def cursor(self):
+        """What `connection.cursor()` gives (logged, errors translated), binding on the server."""
+        from django.db.backends.postgresql.base import ServerBindingCursor
+        from django.db.backends.postgresql.psycopg_any import register_tzloader
+        from psycopg.pq import Format
+
+        connection = self._connection
+        connection.close_if_health_check_failed()
+        connection.ensure_connection()
+        connection.validate_thread_sharing()
+        with connection.wrap_database_errors:
+            raw = ServerBindingCursor(connection.connection)
+            adapters = connection.connection.adapters
+            loader = adapters.get_loader(adapters.types["timestamptz"].oid, Format.TEXT)
+            if connection.timezone != loader.timezone:  # as Django's own cursors do
+                register_tzloader(connection.timezone, raw)
+        if connection.queries_logged:
+            return connection.make_debug_cursor(raw)
+        return connection.make_cursor(raw)
 
 
 class _Compiled(NamedTuple):

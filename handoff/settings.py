@@ -131,6 +131,12 @@ if DATABASE_URL:
             conn_health_checks=True,
         )
     }
+    if envbool("DATABASE_PREPARED_STATEMENTS", True):
+        # psycopg prepares a statement on a connection's fifth run of it, so that PostgreSQL
+        # plans it once. Only the hot reads of handoff.db.CompiledQuery bind their parameters
+        # on the server, which this needs; off for a pooler that cannot keep prepared
+        # statements (PgBouncer in transaction mode before 1.21).
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 else:
     DATABASES = {
         "default": {

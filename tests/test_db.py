@@ -161,3 +161,22 @@ def test_a_compiled_query_runs_on_the_connection_of_the_thread_that_runs_it(serv
         assert read([visitor.pk]) == [visitor.pk]  # compiled here, on this thread's connection
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(locked_elsewhere).result(timeout=10) == [visitor.pk]
+
+
+def test_a_compiled_query_run_often_is_prepared_and_planned_once(service):
+    visitors = chatting_visitors(service, 2)
+    read = CompiledQuery(
+        lambda ids: Conversation.objects.filter(visitor_id__in=ids).values_list("visitor_id")
+    )
+
+    def prepared() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            return [
+                row[0] for row in cursor.fetchall() if '"visitor_id" IN (SELECT unnest' in row[0]
+            ]
+
+    for visitor in visitors * 3:  # psycopg prepares a statement on its fifth run
+        assert read([visitor.pk]) == [(visitor.pk,)]
+    assert len(prepared()) == 1
+    assert sorted(read([v.pk for v in visitors])) == sorted((v.pk,) for v in visitors)

@@ -197,3 +197,15 @@ def test_bad_hardening_values_fail_loudly(name, value):
     result = load(**PRODUCTION, **{name: value})
     assert result.returncode != 0
     assert name in result.stderr
+
+
+def test_prepared_statements_are_on_with_postgresql_unless_turned_off():
+    probe = (
+        "import django; from django.conf import settings; django.setup();"
+        "print(settings.DATABASES['default']['OPTIONS'].get('prepare_threshold'))"
+    )
+    on = _run(probe, PRODUCTION)
+    off = _run(probe, {**PRODUCTION, "DATABASE_PREPARED_STATEMENTS": "off"})
+    assert (on.returncode, off.returncode) == (0, 0), on.stderr + off.stderr
+    assert on.stdout.split() == ["5"]
+    assert off.stdout.split() == ["None"]

@@ -255,11 +255,7 @@ def test_a_reply_task_reads_its_question_once(question):
     with CaptureQueriesContext(connection) as task:
         assert run_reply(question) == 2
     reads = [q["sql"] for q in task.captured_queries if q["sql"].startswith("SELECT")]
-    by_id = [
-        sql
-        for sql in reads
-        if '"conversations_message"."id" IN' in sql and f"{{{question.pk}}}" in sql
-    ]
+    by_id = [sql for sql in reads if '"conversations_message"."id" IN' in sql]
     assert len(by_id) == 1, reads
     question.refresh_from_db()
     assert question.sentiment is not None  # the mood was scored on the message read once
