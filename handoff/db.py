@@ -12,6 +12,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connections, models, router
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models.expressions import RawSQL
 from django.db.models.sql.compiler import SQLCompiler
 
@@ -166,8 +167,18 @@ class _Preparing:
             if connection.timezone != loader.timezone:  # as Django's own cursors do
                 register_tzloader(connection.timezone, raw)
         if connection.queries_logged:
-            return connection.make_debug_cursor(raw)
+            return _LoggedCursor(raw, connection)
         return connection.make_cursor(raw)
+
+
+class _LoggedCursor(CursorDebugWrapper):
+    """A cursor that logs each statement with its parameters in, as Django does for a
+    connection that binds on the server: psycopg keeps no text of a prepared statement's run
+    for `last_executed_query` to return."""
+
+    def execute(self, sql, params=None):
+        with self.debug_sql(self.db.ops.compose_sql(sql, params)):
+            return CursorWrapper.execute(self, sql, params)
 
 
 class _Compiled(NamedTuple):
