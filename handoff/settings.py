@@ -132,11 +132,17 @@ if DATABASE_URL:
         )
     }
     if envbool("DATABASE_PREPARED_STATEMENTS", True):
-        # psycopg prepares a statement on a connection's fifth run of it, so that PostgreSQL
-        # plans it once. Only the hot reads of handoff.db.CompiledQuery bind their parameters
-        # on the server, which this needs; off for a pooler that cannot keep prepared
-        # statements (PgBouncer in transaction mode before 1.21).
-        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
+        # psycopg prepares a statement on a connection's fifth run of it, and PostgreSQL plans
+        # it once: a generic plan, the same for any ids (it would otherwise plan every run
+        # again, a plan for the arrays it sees looking cheaper). Only the hot reads of
+        # handoff.db.CompiledQuery bind their parameters on the server, which this needs, so
+        # no other statement is prepared. Off for a pooler that cannot keep prepared
+        # statements or session options (PgBouncer in transaction mode before 1.21).
+        options = DATABASES["default"].setdefault("OPTIONS", {})
+        options["prepare_threshold"] = 5
+        options["options"] = (
+            options.get("options", "") + " -c plan_cache_mode=force_generic_plan"
+        ).strip()
 else:
     DATABASES = {
         "default": {

@@ -202,10 +202,15 @@ def test_bad_hardening_values_fail_loudly(name, value):
 def test_prepared_statements_are_on_with_postgresql_unless_turned_off():
     probe = (
         "import django; from django.conf import settings; django.setup();"
-        "print(settings.DATABASES['default']['OPTIONS'].get('prepare_threshold'))"
+        "options = settings.DATABASES['default'].get('OPTIONS', {});"
+        "print(options.get('prepare_threshold'), repr(options.get('options')))"
     )
     on = _run(probe, PRODUCTION)
     off = _run(probe, {**PRODUCTION, "DATABASE_PREPARED_STATEMENTS": "off"})
-    assert (on.returncode, off.returncode) == (0, 0), on.stderr + off.stderr
-    assert on.stdout.split() == ["5"]
-    assert off.stdout.split() == ["None"]
+    theirs = _run(
+        probe, {**PRODUCTION, "DATABASE_URL": PRODUCTION["DATABASE_URL"] + "?options=-c%20a=b"}
+    )
+    assert (on.returncode, off.returncode, theirs.returncode) == (0, 0, 0), on.stderr
+    assert on.stdout.split() == ["5", "'-c", "plan_cache_mode=force_generic_plan'"]
+    assert off.stdout.split() == ["None", "None"]
+    assert theirs.stdout.split() == ["5", "'-c", "a=b", "-c", "plan_cache_mode=force_generic_plan'"]
