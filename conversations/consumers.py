@@ -18,7 +18,7 @@ from django.core.cache.backends.redis import RedisCache
 from conversations import geo, protocol, selectors, services
 from conversations.models import Conversation, Service, Visitor
 from handoff import inprocess_beat
-from handoff.db import DirectDispatch, GroupCommit, db
+from handoff.db import CompiledQuery, DirectDispatch, GroupCommit, db
 from handoff.layer import ClosesWhenLayerLost
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,11 @@ CLIENT_TYPES = {"hello", "message", "feedback", "request_human", "typing", "end"
 # How long a message frame that overtook another waits for it before the socket reads the
 # transcript instead (seconds).
 GAP_WAIT = 1.0
+
+# What a widget's catch-up reads (every new conversation's first message makes one).
+_conversation_with_service = CompiledQuery(
+    lambda ids: Conversation.objects.select_related("service", "claimed_by").filter(pk__in=ids)
+)
 
 
 def _header(scope: dict, name: bytes) -> str:
@@ -380,13 +385,10 @@ class ChatConsumer(DirectDispatch, ClosesWhenLayerLost, AsyncWebsocketConsumer):
         return conversation
 
     def _frames_since(self, after_seq: int) -> tuple[list[dict], Conversation | None]:
-        conversation = (
-            Conversation.objects.select_related("service", "claimed_by")
-            .filter(pk=self.conversation_id)
-            .first()
-        )
-        if conversation is None:
+        found = _conversation_with_service([self.conversation_id])
+        if not found:
             return [], None
+        [conversation] = found
         self.service = conversation.service
         messages = selectors.messages_after(conversation=conversation, after_seq=after_seq)
         return [protocol.message_frame(m) for m in messages], conversation
