@@ -36,7 +36,7 @@ from conversations.models import (
     Status,
     Visitor,
 )
-from handoff.db import CompiledQuery, update_fields
+from handoff.db import CompiledQuery, insert_rows, update_fields
 
 logger = logging.getLogger(__name__)
 
@@ -226,22 +226,14 @@ def _next_message(conversation: Conversation, **fields) -> Message:
     return Message(conversation=conversation, seq=conversation.message_count, **fields)
 
 
-def _insert(rows: list) -> None:
-    """Insert new rows of one model: one plain INSERT for one, one bulk INSERT for many."""
-    if len(rows) == 1:
-        rows[0].save(force_insert=True)
-    elif rows:
-        type(rows[0]).objects.bulk_create(rows)
-
-
 def _store_appended(
     messages: list[Message], audits: list[AuditEvent], fields: list[str] = APPEND_FIELDS
 ) -> None:
     """Store messages from `_next_message` with their conversations' `fields` and the audit
     rows, one statement each whatever their number, and announce the messages after commit."""
-    _insert(messages)
+    insert_rows(messages)
     update_fields(list({m.conversation_id: m.conversation for m in messages}.values()), fields)
-    _insert(audits)
+    insert_rows(audits)
     for message in messages:
         _announce(message)
 
@@ -924,6 +916,7 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
         appended: list[Message] = []
         audits: list[AuditEvent] = []
         answered: dict[str, int] = {}  # conversation -> the seq it answered in this batch
+        specialists_changed = False
         for reply, text in zip(replies, texts, strict=True):
             conversation = locked[str(reply.conversation_id)]
             reason = _reply_dropped_because(conversation, reply, answered)
@@ -951,8 +944,8 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
                         specialist=specialist.name,
                     )
                 )
-                conversation.specialist = specialist
-                conversation.save(update_fields=["specialist"])
+                conversation.specialist = specialist  # saved with the counts below
+                specialists_changed = True
             message = _next_message(
                 conversation,
                 role=Role.AI,
@@ -969,7 +962,11 @@ def conversation_post_ai_messages(replies: Sequence[AiReply]) -> list[Message | 
             outcomes.append(message)
         if appended:
             events.deliver_now(events.AiRepliesDrafted(messages=tuple(appended)))
-        _store_appended(appended, audits)
+        _store_appended(
+            appended,
+            audits,
+            [*APPEND_FIELDS, "specialist"] if specialists_changed else APPEND_FIELDS,
+        )
     return outcomes
 
 

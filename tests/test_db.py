@@ -187,3 +187,83 @@ def test_a_compiled_query_run_often_is_prepared_and_planned_once(service):
     # The log shows what ran, the ids in: psycopg keeps no text of a prepared run.
     [statement] = [q["sql"] for q in logged.captured_queries]
     assert all(str(v.pk) in statement for v in visitors)
+
+
+def _stored(model, rows) -> list[dict]:
+    from django.forms.models import model_to_dict
+
+    fields = [f.name for f in model._meta.concrete_fields if not f.primary_key]
+    found = model.objects.in_bulk([row.pk for row in rows])
+    return [model_to_dict(found[row.pk], fields=fields) for row in rows]
+
+
+def test_inserted_rows_are_stored_as_bulk_create_stores_them(service, agent, monkeypatch):
+    from django.db.models.sql.compiler import SQLInsertCompiler
+
+    from conversations.models import AuditEvent
+    from handoff.db import insert_rows
+
+    [visitor] = chatting_visitors(service, 1)
+    conversation = Conversation.objects.get(visitor=visitor)
+
+    def rows():
+        return [
+            AuditEvent(
+                action="message_posted",
+                actor=agent,
+                actor_kind="agent",
+                service=service,
+                conversation=conversation,
+                detail={"seq": 2, "text": "<b>'\"{}"},
+            ),
+            AuditEvent(action="conversation_started", actor_kind="visitor", detail={}),
+            AuditEvent(action="x", actor_kind="system", service=service, detail=[1, None]),
+        ]
+
+    expected = rows()
+    AuditEvent.objects.bulk_create(expected)
+    compiled = []
+    as_sql = SQLInsertCompiler.as_sql
+    monkeypatch.setattr(
+        SQLInsertCompiler,
+        "as_sql",
+        lambda self, *a, **k: compiled.append(self) or as_sql(self, *a, **k),
+    )
+    inserted, alone = rows(), rows()[:1]
+    insert_rows(inserted)
+    insert_rows(alone)
+    insert_rows([])
+
+    assert compiled == []  # no insert compiled by Django
+    assert all(row.pk and not row._state.adding for row in inserted + alone)
+    assert len({row.pk for row in inserted + alone}) == 4
+    got, want = _stored(AuditEvent, inserted), _stored(AuditEvent, expected)
+    assert all(row.created_at is not None for row in inserted)  # auto_now_add, as on save
+    assert got == want and _stored(AuditEvent, alone) == want[:1]
+
+
+def test_inserted_rows_keep_the_primary_keys_they_have(service):
+    from conversations.models import Visitor
+    from handoff.db import insert_rows
+
+    visitors = [Visitor(service=service), Visitor(service=service, name="Zoë")]
+    keys = [v.pk for v in visitors]
+    insert_rows(visitors)
+    assert [v.pk for v in visitors] == keys
+    assert list(
+        Visitor.objects.filter(pk__in=keys).order_by("name").values_list("name", flat=True)
+    ) == ["", "Zoë"]
+
+
+def test_rows_a_batch_could_not_insert_are_left_unsaved(service):
+    from django.db import IntegrityError, transaction
+
+    from handoff.db import insert_rows
+
+    [visitor] = chatting_visitors(service, 1)
+    conversation = Conversation.objects.get(visitor=visitor)
+    taken = Message(conversation=conversation, seq=1, role=Role.USER, text="again")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_rows([Message(conversation=conversation, seq=9, role=Role.USER, text="x"), taken])
+    assert taken.pk is None and taken._state.adding
+    assert not Message.objects.filter(seq=9).exists()

@@ -197,7 +197,7 @@ def test_what_subscribers_do_after_a_batch_starts_conversations_in_an_ai_mode_re
 @pytest.mark.django_db
 def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monkeypatch, caplog):
     a, b = chatting_visitors(service, 2)
-    insert = services._insert
+    insert = services.insert_rows
     sizes = []
 
     def refuse_batches(rows):
@@ -207,7 +207,7 @@ def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monk
                 raise OperationalError("deadlock detected")
         return insert(rows)
 
-    monkeypatch.setattr(services, "_insert", refuse_batches)
+    monkeypatch.setattr(services, "insert_rows", refuse_batches)
     with caplog.at_level(logging.WARNING, logger="conversations.services"):
         outcomes = services.conversation_post_customer_messages(
             [
@@ -227,14 +227,14 @@ def test_a_batch_the_database_refuses_is_stored_one_post_at_a_time(service, monk
 @pytest.mark.django_db
 def test_a_post_that_fails_alone_fails_only_itself(service, monkeypatch):
     a, b = chatting_visitors(service, 2)
-    insert = services._insert
+    insert = services.insert_rows
 
     def refuse_b(rows):
         if any(isinstance(m, Message) and m.conversation.visitor_id == b.pk for m in rows):
             raise OperationalError("server closed the connection")
         return insert(rows)
 
-    monkeypatch.setattr(services, "_insert", refuse_b)
+    monkeypatch.setattr(services, "insert_rows", refuse_b)
     outcomes = services.conversation_post_customer_messages(
         [CustomerPost(a, "one", "1"), CustomerPost(b, "two", "2")]
     )
