@@ -34,7 +34,9 @@ async def test_only_the_console_watching_a_conversation_gets_its_messages(servic
         await w.hello()
         echo = await w.say("How do I reset my password?")
         await w.message(echo["seq"] + 1, timeout=15)
-        [status] = [f for f in w.frames if f["type"] == "status"]
+        # One status frame, or two when the start's own status reached the conversation's
+        # group after the widget joined it: the same state either way.
+        status = next(f for f in w.frames if f["type"] == "status")
         await watcher.send({"type": "watch", "conversation_id": status["conversation_id"]})
         await other.events()
         await watcher.events()
