@@ -81,6 +81,19 @@ def service(db) -> Service:
     return make_service()
 
 
+def record_compilations(monkeypatch, compiler=None) -> list:
+    """From now on, every compiler whose SQL Django compiles (SELECTs by default)."""
+    from django.db.models.sql.compiler import SQLCompiler
+
+    compiler = compiler or SQLCompiler
+    compiled: list = []
+    as_sql = compiler.as_sql
+    monkeypatch.setattr(
+        compiler, "as_sql", lambda self, *a, **k: compiled.append(self) or as_sql(self, *a, **k)
+    )
+    return compiled
+
+
 def chatting_visitors(service: Service, n: int) -> list:
     """`n` visitors with an open conversation (their first message, seq 1, "Hi")."""
     from conversations import services

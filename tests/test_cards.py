@@ -11,6 +11,7 @@ from conversations.models import Conversation
 from dashboard import cards
 from escalation import services as escalation
 from escalation.models import Reason
+from tests.conftest import record_compilations
 
 pytestmark = pytest.mark.django_db
 
@@ -90,17 +91,12 @@ def test_the_hubs_read_of_cards_by_id_gives_what_the_queryset_read_gives(service
 
 def test_the_hubs_read_of_cards_is_compiled_once_for_any_number_of_ids(service, monkeypatch):
     from django.db import connection
-    from django.db.models.sql.compiler import SQLCompiler
     from django.test.utils import CaptureQueriesContext
 
     made = open_conversations(service, 4)
     cards.cards_by_id([str(made[0].pk)])  # compiled here, if not by an earlier test
     escalation.flag_raise(conversation_id=made[2].pk, reason=Reason.KEYWORD)
-    compiled = []
-    as_sql = SQLCompiler.as_sql
-    monkeypatch.setattr(
-        SQLCompiler, "as_sql", lambda self, *a, **k: compiled.append(self) or as_sql(self, *a, **k)
-    )
+    compiled = record_compilations(monkeypatch)
 
     with CaptureQueriesContext(connection) as one:
         cards.cards_by_id([str(made[1].pk)])

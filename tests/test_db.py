@@ -12,7 +12,7 @@ from django.utils import timezone
 from conversations import services
 from conversations.models import Conversation, Message, Role
 from handoff.db import CompiledQuery, update_fields
-from tests.conftest import chatting_visitors, make_agent
+from tests.conftest import chatting_visitors, make_agent, record_compilations
 
 pytestmark = pytest.mark.django_db
 
@@ -70,14 +70,7 @@ def test_no_rows_is_no_statement():
 @pytest.fixture
 def compilations(monkeypatch) -> list:
     """Every SQL compilation of a query from here on."""
-    from django.db.models.sql.compiler import SQLCompiler
-
-    compiled: list = []
-    as_sql = SQLCompiler.as_sql
-    monkeypatch.setattr(
-        SQLCompiler, "as_sql", lambda self, *a, **k: compiled.append(self) or as_sql(self, *a, **k)
-    )
-    return compiled
+    return record_compilations(monkeypatch)
 
 
 def test_a_compiled_query_gives_what_its_queryset_gives_compiled_once(service, compilations):
@@ -222,13 +215,7 @@ def test_inserted_rows_are_stored_as_bulk_create_stores_them(service, agent, mon
 
     expected = rows()
     AuditEvent.objects.bulk_create(expected)
-    compiled = []
-    as_sql = SQLInsertCompiler.as_sql
-    monkeypatch.setattr(
-        SQLInsertCompiler,
-        "as_sql",
-        lambda self, *a, **k: compiled.append(self) or as_sql(self, *a, **k),
-    )
+    compiled = record_compilations(monkeypatch, SQLInsertCompiler)
     inserted, alone = rows(), rows()[:1]
     insert_rows(inserted)
     insert_rows(alone)

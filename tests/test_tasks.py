@@ -9,7 +9,7 @@ import pytest
 from conversations import services, tasks
 from conversations.models import Conversation, Message, Role
 from escalation.models import EscalationPolicy
-from tests.conftest import chatting_visitors
+from tests.conftest import chatting_visitors, record_compilations
 
 pytestmark = pytest.mark.django_db
 
@@ -264,7 +264,6 @@ def test_a_reply_task_reads_its_question_once(question):
 def test_a_batchs_reads_are_compiled_once_per_process_whatever_its_size(service, monkeypatch):
     """The worker's reads of a batch (its messages, moods, transcripts, the conversations'
     lock) send the same statements every time: Django compiles none of them again."""
-    from django.db.models.sql.compiler import SQLCompiler
 
     def turns(n: int) -> list:
         visitors = chatting_visitors(service, n)
@@ -278,18 +277,13 @@ def test_a_batchs_reads_are_compiled_once_per_process_whatever_its_size(service,
     EscalationPolicy.objects.get_or_create(service=service)
     first, second = turns(2), turns(3)
     assert None not in tasks.generate_ai_replies.apply(args=[first]).get()  # compiled here
-    compiled = []
-    as_sql = SQLCompiler.as_sql
-    monkeypatch.setattr(
-        SQLCompiler,
-        "as_sql",
-        lambda self, *a, **k: compiled.append(self.query) or as_sql(self, *a, **k),
-    )
+    compiled = record_compilations(monkeypatch)
 
     assert None not in tasks.generate_ai_replies.apply(args=[second]).get()
     monkeypatch.undo()
 
-    reads_of_the_turns = [str(q) for q in compiled if q.model in (Message, Conversation)]
+    queries = [compiler.query for compiler in compiled]
+    reads_of_the_turns = [str(q) for q in queries if q.model in (Message, Conversation)]
     assert reads_of_the_turns == []
 
 
