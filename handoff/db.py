@@ -83,8 +83,10 @@ def insert_rows(rows: Sequence[models.Model]) -> None:
     On PostgreSQL the statement is the same for any number of rows, one array per column
     (`INSERT … SELECT * FROM unnest(…) RETURNING pk`), so it is prepared and planned once
     per connection (`_Preparing`). Under load the inserts of each batch of messages were a
-    fifth of the worker's Python (bench/README.md, eleventh round). Elsewhere (SQLite, the
-    embedded default) `bulk_create`.
+    fifth of the worker's Python (bench/README.md, eleventh round). The arrays go in
+    PostgreSQL's binary format (`%b`): psycopg writes the text format in Python, quoting
+    and escaping every element, which took twice the CPU of the binary one for a batch of
+    messages (twelfth round). Elsewhere (SQLite, the embedded default) `bulk_create`.
     """
     if not rows:
         return
@@ -121,7 +123,7 @@ _inserts: dict[tuple, str] = {}
 
 def _insert_sql(connection, meta, fields, returned) -> str:
     quote = connection.ops.quote_name
-    arrays = ", ".join(f"%s::{field.db_type(connection).split('(')[0]}[]" for field in fields)
+    arrays = ", ".join(f"%b::{field.db_type(connection).split('(')[0]}[]" for field in fields)
     sql = (
         f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
         f"SELECT * FROM unnest({arrays})"
@@ -138,10 +140,10 @@ class CompiledQuery:
     rows. Django builds and compiles a queryset anew every time it runs, and for the reads
     that run for every batch of messages that was most of their cost (bench/README.md,
     tenth and eleventh rounds). On PostgreSQL each list of ids goes in as one array (`IN
-    (SELECT unnest(%s::<type>[]))`), so the statement is the same for any number of them:
+    (SELECT unnest(%b::<type>[]))`), so the statement is the same for any number of them:
     it is compiled the first time, and later runs send it with the new ids, Django turning
     the rows into what the queryset gives as usual. Elsewhere (SQLite, the embedded
-    default) the queryset runs as built.
+    default) the queryset runs as built. The arrays go in binary, as `insert_rows`'s do.
 
     Whatever else `build` puts in the statement is compiled in once: a value that changes
     (a setting, say) needs a `CompiledQuery` of its own.
@@ -175,7 +177,7 @@ class CompiledQuery:
         markers: list[list] = [[] for _ in self.id_types]
         queryset = self.build(
             *(
-                RawSQL(f"SELECT unnest(%s::{id_type}[])", (marker,))
+                RawSQL(f"SELECT unnest(%b::{id_type}[])", (marker,))
                 for id_type, marker in zip(self.id_types, markers, strict=True)
             )
         )

@@ -254,3 +254,25 @@ def test_rows_a_batch_could_not_insert_are_left_unsaved(service):
         insert_rows([Message(conversation=conversation, seq=9, role=Role.USER, text="x"), taken])
     assert taken.pk is None and taken._state.adding
     assert not Message.objects.filter(seq=9).exists()
+
+
+def test_inserted_columns_and_compiled_ids_go_to_postgresql_in_binary(service):
+    """psycopg writes an array in PostgreSQL's text format in Python, quoting and escaping
+    each element: for a batch of messages that took twice the CPU of the binary format."""
+    from conversations.models import Visitor
+    from handoff.db import insert_rows
+
+    read = CompiledQuery(lambda ids: Visitor.objects.filter(pk__in=ids).values_list("name"))
+    statements = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    visitors = [Visitor(service=service, name="O'Brien {\"x\"} \\ ,"), Visitor(service=service)]
+    with connection.execute_wrapper(record):
+        insert_rows(visitors)
+        names = read([v.pk for v in visitors])
+    assert sorted(names) == sorted([("",), ("O'Brien {\"x\"} \\ ,",)])
+    assert len(statements) == 2
+    assert all("%b::" in sql and "%s" not in sql for sql in statements)
