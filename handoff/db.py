@@ -139,11 +139,11 @@ class CompiledQuery:
     (with what they select_related, locked `select_for_update` if asked) or `values_list`
     rows. Django builds and compiles a queryset anew every time it runs, and for the reads
     that run for every batch of messages that was most of their cost (bench/README.md,
-    tenth and eleventh rounds). On PostgreSQL each list of ids goes in as one array (`IN
-    (SELECT unnest(%b::<type>[]))`), so the statement is the same for any number of them:
-    it is compiled the first time, and later runs send it with the new ids, Django turning
-    the rows into what the queryset gives as usual. Elsewhere (SQLite, the embedded
-    default) the queryset runs as built. The arrays go in binary, as `insert_rows`'s do.
+    tenth and eleventh rounds). On PostgreSQL each list of ids goes in as one array (`=
+    ANY(%b::<type>[])`, in binary as `insert_rows`'s columns), so the statement is the
+    same for any number of them: it is compiled the first time, and later runs send it
+    with the new ids, Django turning the rows into what the queryset gives as usual.
+    Elsewhere (SQLite, the embedded default) the queryset runs as built.
 
     Whatever else `build` puts in the statement is compiled in once: a value that changes
     (a setting, say) needs a `CompiledQuery` of its own.
@@ -183,6 +183,15 @@ class CompiledQuery:
         )
         compiler = queryset.query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
+        # Django puts a list it is given as SQL in a subquery. Prepared statements are
+        # planned once for any ids (`force_generic_plan`), not knowing how many: PostgreSQL
+        # plans `IN (SELECT unnest($1))` for a hundred rows, which it joins by reading the
+        # whole table (a hub's card read scanned every conversation, a transcript every
+        # message), and `= ANY($1)` for ten, which it looks up in an index.
+        for id_type in set(self.id_types):
+            sql = sql.replace(f"IN (SELECT unnest(%b::{id_type}[]))", f"= ANY(%b::{id_type}[])")
+        if "unnest(" in sql:
+            raise ValueError(f"ids used other than in `__in` lookups: {sql}")
         arrays = [
             (position, which)
             for position, param in enumerate(params)

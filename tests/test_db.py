@@ -168,7 +168,7 @@ def test_a_compiled_query_run_often_is_prepared_and_planned_once(service):
             cursor.execute(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
             )
-            return [tuple(row[1:]) for row in cursor.fetchall() if "(SELECT unnest" in row[0]]
+            return [tuple(row[1:]) for row in cursor.fetchall() if "= ANY(" in row[0]]
 
     for visitor in visitors * 3:  # psycopg prepares a statement on its fifth run
         assert read([visitor.pk]) == [(visitor.pk,)]
@@ -180,6 +180,34 @@ def test_a_compiled_query_run_often_is_prepared_and_planned_once(service):
     # The log shows what ran, the ids in: psycopg keeps no text of a prepared run.
     [statement] = [q["sql"] for q in logged.captured_queries]
     assert all(str(v.pk) in statement for v in visitors)
+
+
+def test_a_compiled_query_is_planned_once_to_look_its_ids_up_not_to_read_the_table(service):
+    """Planned once for any ids (a generic plan), not knowing how many there will be, the
+    read must still use the index: under load a hub's card read that scanned every
+    conversation, or a transcript read every message, ran dozens of times a second."""
+    [visitor] = chatting_visitors(service, 1)
+    conversation = Conversation.objects.get(visitor=visitor)
+    Message.objects.bulk_create(
+        Message(conversation=conversation, seq=seq, role=Role.USER, text="x")
+        for seq in range(2, 502)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE conversations_message")
+    wanted = list(Message.objects.order_by("?").values_list("pk", flat=True)[:3])
+    read = CompiledQuery(lambda ids: Message.objects.filter(pk__in=ids).values_list("pk"), "bigint")
+    for _ in range(6):  # psycopg prepares a statement on its fifth run
+        assert sorted(read(wanted)) == sorted((pk,) for pk in wanted)
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name FROM pg_prepared_statements"
+            " WHERE statement LIKE '%%conversations_message%%' AND generic_plans > 0"
+        )
+        [(name,)] = cursor.fetchall()
+        cursor.execute(f"EXPLAIN EXECUTE {name}(%s::bigint[])", [wanted])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index" in plan and "Seq Scan" not in plan, plan
 
 
 def _stored(model, rows) -> list[dict]:
