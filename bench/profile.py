@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.stack import window_opening
+
 RATE = 100  # samples per second per thread
 
 
@@ -41,14 +43,7 @@ class Profiler:
         self.thread.start()
 
     def _wait_and_start(self, loadgen_log: Path) -> None:
-        deadline = time.monotonic() + 600
-        window = None
-        while window is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            if loadgen_log.exists():
-                for line in loadgen_log.read_text(errors="replace").splitlines():
-                    if line.startswith("window "):
-                        window = [float(x) for x in line.split()[1:3]]
+        window = window_opening(loadgen_log)
         if window is None:
             self.error = "the load generator never opened its window"
             return

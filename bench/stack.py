@@ -147,6 +147,20 @@ def wait_for(predicate, *, timeout: float, what: str, process: Process | None = 
     raise StackError(f"{what} did not come up within {timeout:.0f} s\n{log}")
 
 
+def window_opening(loadgen_log: Path, timeout: float = 600) -> tuple[float, float] | None:
+    """The measurement window the load generator announced in its log (monotonic seconds),
+    read as soon as it is there; None if it never came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if loadgen_log.exists():
+            for line in loadgen_log.read_text(errors="replace").splitlines():
+                if line.startswith("window "):
+                    start, end = (float(x) for x in line.split()[1:3])
+                    return start, end
+        time.sleep(0.1)
+    return None
+
+
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
@@ -174,6 +188,13 @@ class Postgres:
         self.drop(name)
         suffix = f' TEMPLATE "{template}"' if template else ""
         self._execute(f'CREATE DATABASE "{name}"{suffix}')
+
+    def analyze(self, name: str) -> None:
+        """Bring the planner's statistics of database `name` up to date."""
+        import psycopg
+
+        with psycopg.connect(self.url(name), autocommit=True) as conn:
+            conn.execute("ANALYZE")
 
     def backends(self, name: str) -> list[int]:
         """PIDs of the server processes serving connections to database `name`."""
