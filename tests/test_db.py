@@ -297,10 +297,10 @@ def test_inserted_columns_and_compiled_ids_go_to_postgresql_in_binary(service):
         statements.append(sql)
         return execute(sql, params, many, context)
 
-    visitors = [Visitor(service=service, name="O'Brien {\"x\"} \\ ,"), Visitor(service=service)]
+    visitors = [Visitor(service=service, name='O\'Brien {"x"} \\ ,'), Visitor(service=service)]
     with connection.execute_wrapper(record):
         insert_rows(visitors)
         names = read([v.pk for v in visitors])
-    assert sorted(names) == sorted([("",), ("O'Brien {\"x\"} \\ ,",)])
+    assert sorted(names) == sorted([("",), ('O\'Brien {"x"} \\ ,',)])
     assert len(statements) == 2
     assert all("%b::" in sql and "%s" not in sql for sql in statements)
