@@ -31,6 +31,12 @@ def parse(argv: list[str]) -> Options:
         default=None,
         help="the worker's pool (default: the Procfile's)",
     )
+    run.add_argument(
+        "--history",
+        type=int,
+        default=20000,
+        help="closed conversations (ten messages each) in the database before the loads",
+    )
     run.add_argument("--idle-sockets", type=int, default=1000)
     run.add_argument("--snapshot-open", type=int, action="append", default=None)
     run.add_argument("--races", type=int, default=3)
@@ -76,6 +82,7 @@ def parse(argv: list[str]) -> Options:
         worker_concurrency=args.worker_concurrency,
         worker_pool=args.worker_pool,
         idle_sockets=args.idle_sockets,
+        history=args.history,
         snapshot_open=tuple(args.snapshot_open or (200, 2000)),
         races=args.races,
         race_agents=args.race_agents,
@@ -96,6 +103,7 @@ def parse(argv: list[str]) -> Options:
         options.duration = args.duration if args.duration != 60 else 2
         options.warmup = args.warmup or 1.0
         options.idle_sockets = min(args.idle_sockets, 10)
+        options.history = min(args.history, 300)
         options.idle_warm = 3
         options.idle_settle = 0.5
         options.snapshot_open = tuple(args.snapshot_open or (20, 60))

@@ -24,14 +24,85 @@ def _setup() -> None:
     django.setup()
 
 
-def setup(agents: int) -> dict:
-    """Migrate, seed the demo, then create the agents and list what customers say."""
+def setup(agents: int, history: int) -> dict:
+    """Migrate, seed the demo, add the desk's history, then create the agents and list what
+    customers say."""
     from django.core.management import call_command
+    from django.db import connection
 
     call_command("migrate", interactive=False, verbosity=0)
     with open(os.devnull, "w") as quiet:
         call_command("seed_demo", stdout=quiet)
-    return prepare(agents)
+    began = time.perf_counter()
+    messages = add_history(history)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return {
+        **prepare(agents),
+        "history": {
+            "conversations": history,
+            "messages": messages,
+            "seconds": round(time.perf_counter() - began, 1),
+        },
+    }
+
+
+HISTORY_MESSAGES = 10  # per closed conversation: five questions and their answers
+HISTORY_CHUNK = 1000  # conversations per statement
+
+
+def add_history(conversations: int) -> int:
+    """Closed conversations with their messages, spread over the last 60 days, as a desk
+    that has been running for a while has: the product's queries are planned for tables
+    of that size, as in production, not for the few rows of a fresh seed."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations.models import Conversation, Message, Role, Service, Status, Visitor
+    from handoff.db import insert_rows
+
+    services = list(Service.objects.order_by("slug"))
+    if not services or not conversations:
+        return 0
+    rng = random.Random(6)
+    now = timezone.now()
+    stored = 0
+    for first in range(0, conversations, HISTORY_CHUNK):
+        count = min(HISTORY_CHUNK, conversations - first)
+        visitors = [Visitor(service=services[n % len(services)]) for n in range(count)]
+        insert_rows(visitors)
+        started = [now - timedelta(seconds=rng.uniform(3600, 60 * 86400)) for _ in visitors]
+        closed = [
+            Conversation(
+                service=visitor.service,
+                visitor=visitor,
+                status=Status.CLOSED,
+                opening_question="How do I reset my password?",
+                message_count=HISTORY_MESSAGES,
+                version=HISTORY_MESSAGES + 2,
+                started_at=at,
+                last_activity_at=at + timedelta(minutes=5),
+                closed_at=at + timedelta(minutes=6),
+            )
+            for visitor, at in zip(visitors, started, strict=True)
+        ]
+        insert_rows(closed)
+        messages = [
+            Message(
+                conversation=conversation,
+                seq=seq,
+                role=Role.USER if seq % 2 else Role.AI,
+                text="How do I reset my password?" if seq % 2 else "Open Settings, then Security.",
+                client_id=f"h{seq}" if seq % 2 else None,
+                sentiment=0.0 if seq % 2 else None,
+            )
+            for conversation in closed
+            for seq in range(1, HISTORY_MESSAGES + 1)
+        ]
+        insert_rows(messages)
+        stored += len(messages)
+    return stored
 
 
 def prepare(agents: int) -> dict:
@@ -178,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ops")
     parser.add_argument("step", choices=STEPS)
     parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--history", type=int, default=0)
     parser.add_argument("--open", type=int, action="append", default=[])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--name", default="bench-worker")
@@ -185,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _setup()
     if args.step == "setup":
-        result = setup(args.agents)
+        result = setup(args.agents, args.history)
     elif args.step == "snapshot":
         result = snapshot(args.open or [2000], args.repeat)
     else:

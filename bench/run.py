@@ -53,6 +53,8 @@ class Options:
     idle_sockets: int = 1000
     idle_warm: int = 50
     idle_settle: float = 3
+    # Closed conversations (ten messages each) in the database before any load.
+    history: int = 20000
     snapshot_open: tuple[int, ...] = (200, 2000)
     snapshot_repeat: int = 7
     race_agents: int = 50
@@ -85,6 +87,7 @@ class Run:
         self.created: list[str] = []
         self.agents: list[dict] = []
         self.services: list[dict] = []
+        self.history: dict = {}
         self.secret_key = "bench-" + os.urandom(24).hex()
         self.clock = time.monotonic()
 
@@ -108,6 +111,7 @@ class Run:
         }
         try:
             self.build_template()
+            result["history"] = self.history
             for n, load in enumerate(self.options.loads):
                 idle = self.options.idle_sockets if n == 0 else 0
                 result["loads"].append(self.run_load(load, idle_sockets=idle))
@@ -160,9 +164,15 @@ class Run:
         env = self.env(self.template, stack.free_port())
         agents = max(self.options.race_agents, max(load.consoles for load in self.options.loads))
         # `manage.py migrate` and `seed_demo`, in one process with the agents' setup.
-        prepared = stack.run_ops("setup", env, "--agents", str(agents))
+        prepared = stack.run_ops(
+            "setup", env, "--agents", str(agents), "--history", str(self.options.history)
+        )
         self.agents, self.services = prepared["agents"], prepared["services"]
-        self.say("database migrated and seeded")
+        self.history = history = prepared["history"]
+        self.say(
+            f"database migrated and seeded, with {history['conversations']} closed conversations"
+            f" and {history['messages']} messages of history ({history['seconds']} s)"
+        )
 
     def fresh_database(self) -> str:
         self.postgres.create(self.database, template=self.template)

@@ -92,7 +92,10 @@ def test_a_smoke_run_reports_every_measurement_and_loses_nothing(smoke_run):
     assert product["echo"]["samples"] == product["messages_in_window"]
     assert product["echo"]["p50"] <= product["fanout"]["p50"]
     assert product["attention"]["feedbacks"] == 1 and product["attention"]["lost"] == 0
-    # The statistics refreshed as the window opened, once every conversation existed.
+    # A desk's history in the database (its queries planned for tables of that size) ...
+    assert report["history"]["conversations"] > 0
+    assert report["history"]["messages"] == 10 * report["history"]["conversations"]
+    # ... and the statistics refreshed as the window opened, once every conversation existed.
     assert product["analyze"]["at_s"] >= 0 and product["analyze"]["seconds"] >= 0
     [race] = product["races"]
     assert race["statuses"]["200"] == 1 and race["missing"] == 0
