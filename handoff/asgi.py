@@ -10,11 +10,11 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "handoff.settings")
 django.setup(set_prefix=False)
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from handoff.http import RequestHandler  # noqa: E402
 from handoff.memory import settle_collector  # noqa: E402
+from handoff.middleware import SocketAuthMiddlewareStack  # noqa: E402
 from handoff.routing import websocket_urlpatterns  # noqa: E402
 
 django_asgi_app = RequestHandler()
@@ -100,7 +100,7 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Origins are checked per service by the widget consumer (its allowed_origins)
         # and by the console consumer (same host), not globally.
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        "websocket": SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )
 

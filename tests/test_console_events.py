@@ -67,6 +67,29 @@ async def test_a_console_gets_a_snapshot_of_open_conversations_on_connect(servic
     }  # fmt: skip
 
 
+async def test_a_socket_has_its_session_without_channels_checking_it_on_every_frame(
+    service, agent, monkeypatch
+):
+    """The agent is known from the session cookie, and the frames go out unwrapped: Channels
+    saves a session only on an HTTP response, so its check on every socket frame only cost."""
+    from channels.sessions import InstanceSessionWrapper
+
+    checked = []
+    original = InstanceSessionWrapper.send
+
+    async def send(self, message):
+        checked.append(message["type"])
+        return await original(self, message)
+
+    monkeypatch.setattr(InstanceSessionWrapper, "send", send)
+    await customer(service)
+    async with Console(agent) as console:
+        await console.send({"type": "ping"})
+        assert await console.receive() == {"type": "pong"}
+    assert console.snapshot["counters"]["active"] == 1
+    assert checked == []
+
+
 async def test_anyone_but_an_agent_is_closed_with_4403(service, stranger):
     for user in (None, stranger):
         console = Console(user)
